@@ -1,0 +1,362 @@
+"""SALAD as an anomalib model: the :class:`Salad` AnomalibModule.
+
+Zhao et al., "Anomaly Detection for Medical Images Using Self-Supervised and Translation-Consistent
+Features", IEEE TMI 2021. Trained on normal images only; the generator side (encoder, decoder,
+restoration decoder) and the discriminator side (PatchGAN D_I, MLP D_F) are optimised alternately
+with Adam, as in the paper.
+
+Example:
+    >>> from anomalib.data import Folder
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_salad import Salad
+    >>> datamodule = Folder(name="scans", root="scans", normal_dir="train/normal",
+    ...                     abnormal_dir="test/abnormal", normal_test_dir="test/normal", seed=0)
+    >>> Engine(max_epochs=200).train(Salad(), datamodule=datamodule)  # doctest: +SKIP
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUROC, Evaluator, F1Score
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import Tensor, optim
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+from .loss import (
+    CenterLoss,
+    GeneratorLoss,
+    LatentKLLoss,
+    StructureLoss,
+    discriminator_loss,
+    generator_adversarial_loss,
+)
+from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
+from .torch_model import SaladModel, ScoreType
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LinearDecay", "Salad"]
+
+
+class LinearDecay:
+    """Learning-rate factor: 1 for the first ``constant_epochs``, then linear to 0 at ``total_epochs``.
+
+    A class rather than a lambda so that ``LambdaLR.state_dict`` saves it and a resumed run continues
+    the schedule.
+
+    Args:
+        total_epochs: Length of training.
+        constant_epochs: Epochs at the initial rate.
+    """
+
+    def __init__(self, total_epochs: int, constant_epochs: int) -> None:
+        self.total_epochs = total_epochs
+        self.constant_epochs = constant_epochs
+
+    def __call__(self, epoch: int) -> float:
+        """Factor applied to the base learning rate in ``epoch`` (0-based)."""
+        decay_epochs = max(self.total_epochs - self.constant_epochs, 1)
+        return max(0.0, 1.0 - max(0, epoch - self.constant_epochs) / decay_epochs)
+
+
+class Salad(AnomalibModule):
+    """SALAD: self-supervised, translation-consistent features for medical anomaly detection.
+
+    The defaults are the paper's (Sec. IV-B): 256x256 grayscale input in [-1, 1], eight-layer encoder and
+    decoders, loss weights alpha=1 and beta=gamma=delta=eta=10, Adam with lr 2e-4 and betas (0.5, 0.999),
+    constant for the first half of ``max_epochs`` then linearly decayed to zero (the paper: 200 epochs,
+    batch 64). Each ablation of Tables III-V is an argument; a zero loss weight skips that term's compute.
+
+    Args:
+        image_size: Side of the square network input; a power of two >= 32. Defaults to ``256``.
+        base_channels: Width of the first encoder layer (doubling up to ``max_channels``). Defaults to ``64``.
+        max_channels: Cap on layer widths. Defaults to ``512``.
+        latent_dim: Size of the latent vector; the paper does not state it, ``512`` matches the pix2pix
+            bottleneck. Defaults to ``512``.
+        adv_weight: alpha, weight of the LSGAN generator loss L_adv. ``0`` also drops both discriminators.
+            Defaults to ``1.0``.
+        structure_weight: beta, weight of the image reconstruction loss L_str. Defaults to ``10.0``.
+        feature_weight: gamma, weight of the latent reconstruction loss L_fea = |E(D(z)) - z|.
+            Defaults to ``10.0``.
+        center_weight: delta, weight of the latent compactness loss (center or KL). Defaults to ``10.0``.
+        restoration_weight: eta, weight of the self-supervised restoration loss L_self. ``0`` also drops
+            the restoration decoder. Defaults to ``10.0``.
+        structure_loss: ``"ssim"`` (the paper) or ``"l1"`` (Table III). Defaults to ``"ssim"``.
+        latent_loss: ``"center"`` (the paper) or ``"kl"`` (Table III). Defaults to ``"center"``.
+        center_rate: Update rate of the class center (Wen et al. 2016). Defaults to ``0.5``.
+        restoration_shared_layers: Decoder layers the restoration decoder shares with the main decoder
+            (Table IV): ``0`` encoder only (the paper), ``k`` the last k, ``-1`` all. Defaults to ``0``.
+        proxy_task_weights: Relative probabilities of in-painting, local pixel shuffling and the Bezier
+            intensity map. Defaults to ``(1.0, 1.0, 1.0)``.
+        inpainting_tiles: Tiles filled with noise per image. Defaults to ``5``.
+        shuffle_tiles: Tiles shuffled per image. Defaults to ``300``.
+        score: ``"feature"`` (A_F, the paper), ``"image"`` (A_I) or ``"center"`` (A_C), Table V.
+            Defaults to ``"feature"``.
+        disc_channels: Width of the PatchGAN's first layer. Defaults to ``64``.
+        feature_disc_hidden: Hidden widths of the MLP feature discriminator. Defaults to ``(512, 256)``.
+        lr: Adam learning rate of both optimizers. Defaults to ``2e-4``.
+        beta1: Adam beta1. Defaults to ``0.5``.
+        beta2: Adam beta2. Defaults to ``0.999``.
+        constant_lr_fraction: Fraction of ``max_epochs`` at the initial rate before the linear decay.
+            Defaults to ``0.5``.
+        pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
+            Defaults to ``True``.
+        post_processor: Post-processor or flag. Defaults to ``True``.
+        evaluator: Evaluator or flag; the default computes image AUROC and F1. Defaults to ``True``.
+        visualizer: Visualizer or flag. Defaults to ``True``.
+
+    Example:
+        >>> from anomalib_salad import Salad
+        >>> model = Salad(image_size=64, structure_loss="l1", score="image")
+        >>> model.model.score
+        'image'
+    """
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        base_channels: int = 64,
+        max_channels: int = 512,
+        latent_dim: int = 512,
+        adv_weight: float = 1.0,
+        structure_weight: float = 10.0,
+        feature_weight: float = 10.0,
+        center_weight: float = 10.0,
+        restoration_weight: float = 10.0,
+        structure_loss: Literal["ssim", "l1"] = "ssim",
+        latent_loss: Literal["center", "kl"] = "center",
+        center_rate: float = 0.5,
+        restoration_shared_layers: int = 0,
+        proxy_task_weights: Sequence[float] = (1.0, 1.0, 1.0),
+        inpainting_tiles: int = 5,
+        shuffle_tiles: int = 300,
+        score: ScoreType = "feature",
+        disc_channels: int = 64,
+        feature_disc_hidden: Sequence[int] = (512, 256),
+        lr: float = 2e-4,
+        beta1: float = 0.5,
+        beta2: float = 0.999,
+        constant_lr_fraction: float = 0.5,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(image_size)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if latent_loss not in {"center", "kl"}:
+            msg = f"latent_loss must be 'center' or 'kl', got {latent_loss!r}"
+            raise ValueError(msg)
+        if not 0 <= constant_lr_fraction <= 1:
+            msg = f"constant_lr_fraction must be in [0, 1], got {constant_lr_fraction}"
+            raise ValueError(msg)
+        self.loss = GeneratorLoss(adv_weight, structure_weight, feature_weight, center_weight, restoration_weight)
+        self.model = SaladModel(
+            image_size=image_size,
+            base_channels=base_channels,
+            max_channels=max_channels,
+            latent_dim=latent_dim,
+            restoration_decoder=self.loss.active("self"),
+            restoration_shared_layers=restoration_shared_layers,
+            discriminators=self.loss.active("adv"),
+            disc_channels=disc_channels,
+            feature_disc_hidden=feature_disc_hidden,
+            score=score,
+        )
+        self.structure_loss = StructureLoss(structure_loss)
+        self.center_loss = CenterLoss(center_rate)
+        self.latent_loss = self.center_loss if latent_loss == "center" else LatentKLLoss()
+        self.proxy_task = None
+        if self.loss.active("self"):
+            self.proxy_task = RandomProxyTask(
+                [RandomInPainting(inpainting_tiles), RandomLocalPixelShuffle(shuffle_tiles), RandomBezierIntensity()],
+                weights=proxy_task_weights,
+            )
+        self.lr, self.betas, self.constant_lr_fraction = lr, (beta1, beta2), constant_lr_fraction
+        self.automatic_optimization = False
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: int | tuple[int, int] | None = None) -> PreProcessor:
+        """Bicubic resize to ``image_size`` and scaling of [0, 1] to [-1, 1], as in the paper.
+
+        Only ``Resize``, ``Normalize`` and ``Compose`` are used, so anomalib stores the transform in the
+        checkpoint and an export from a reloaded checkpoint still resizes and scales.
+
+        Args:
+            image_size: Side (or ``(height, width)``) of the network input. Defaults to ``256``.
+
+        Returns:
+            PreProcessor: The pre-processor.
+        """
+        size = image_size or 256
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return PreProcessor(
+            transform=Compose([
+                Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+                Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
+            ]),
+        )
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC and F1 on the test set (pixel metrics where masks exist), AUROC on validation."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        val_metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
+        return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Manual optimisation forbids gradient clipping by the trainer; the sanity check would fit nothing."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """SALAD learns from normal images only."""
+        return LearningType.ONE_CLASS
+
+    def setup(self, stage: str) -> None:
+        """Refuse a replaced ``configure_optimizers`` (``--optimizer`` / ``--lr_scheduler`` on the CLI)."""
+        super().setup(stage)
+        if "configure_optimizers" in vars(self):
+            msg = (
+                "Salad trains a generator and two discriminators with two optimizers and its own schedule; "
+                "a single --optimizer/--lr_scheduler from the command line cannot be honoured. Remove it and set "
+                "--model.lr, --model.beta1, --model.beta2 or --model.constant_lr_fraction instead."
+            )
+            raise ValueError(msg)
+
+    def configure_optimizers(self) -> tuple[list[optim.Optimizer], list[optim.lr_scheduler.LRScheduler]]:
+        """Adam for the generator side and, with adversarial training, Adam for the discriminators.
+
+        Returns:
+            Optimizers ``[generator, discriminator]`` and one per-epoch ``LambdaLR`` each.
+        """
+        modules = [self.model.generator_modules()]
+        if self.loss.active("adv"):
+            modules.append(self.model.discriminator_modules())
+        optimizers = [optim.Adam(m.parameters(), lr=self.lr, betas=self.betas) for m in modules]
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        if max_epochs is None or max_epochs < 0:
+            logger.warning("Salad: max_epochs is unbounded, so the learning rate stays constant.")
+            schedule = LinearDecay(total_epochs=2**62, constant_epochs=2**62)
+        else:
+            schedule = LinearDecay(max_epochs, round(max_epochs * self.constant_lr_fraction))
+        return optimizers, [optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+
+    def _network_input(self, batch: Batch, stage: str) -> Tensor:
+        """Checked grayscale network input of a pre-processed batch."""
+        images = batch.image
+        if not torch.isfinite(images).all():
+            bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            paths = [batch.image_path[i] for i in bad] if batch.image_path is not None else bad
+            msg = f"Salad {stage}: the batch holds NaN or Inf pixel values in image(s) {paths}"
+            raise ValueError(msg)
+        return self.model.to_network_input(images)
+
+    def _generator_terms(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Every active generator-side loss term, and the samples the discriminator step needs."""
+        model, active = self.model, self.loss.active
+        terms: dict[str, Tensor] = {}
+        latent = model.encoder(images)
+        samples = {"latent": latent}
+        if active("str"):
+            terms["str"] = self.structure_loss(images, model.decoder(latent))
+        if active("fea") or active("adv"):
+            noise = torch.randn_like(latent)
+            fake = model.decoder(noise)
+            samples |= {"noise": noise, "fake": fake}
+            if active("fea"):
+                terms["fea"] = F.l1_loss(model.encoder(fake), noise)
+            if active("adv"):
+                terms["adv"] = generator_adversarial_loss(
+                    model.feature_discriminator(latent),
+                    model.image_discriminator(fake),
+                )
+        if active("ct"):
+            terms["ct"] = self.latent_loss(latent, model.center)
+        if active("self"):
+            with torch.no_grad():
+                perturbed = self.proxy_task((images + 1) / 2) * 2 - 1
+            terms["self"] = F.l1_loss(model.restoration_decoder(model.encoder(perturbed)), images)
+        return terms, samples
+
+    def _discriminator_loss(self, images: Tensor, samples: dict[str, Tensor]) -> Tensor:
+        """Eqs. (1) + (2) on this step's real images and noise and the pre-update generator's samples."""
+        model = self.model
+        image_loss = discriminator_loss(model.image_discriminator(images), model.image_discriminator(samples["fake"]))
+        feature_loss = discriminator_loss(
+            model.feature_discriminator(samples["noise"]),
+            model.feature_discriminator(samples["latent"]),
+        )
+        return image_loss + feature_loss
+
+    def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
+        """One generator update, the center update, then one discriminator update."""
+        del batch_idx
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        images = self._network_input(batch, "training")
+
+        self.toggle_optimizer(optimizers[0])
+        terms, samples = self._generator_terms(images)
+        generator_loss = self.loss(terms)
+        optimizers[0].zero_grad(set_to_none=True)
+        self.manual_backward(generator_loss)
+        optimizers[0].step()
+        self.untoggle_optimizer(optimizers[0])
+        self.center_loss.update_center(self.model.center, samples["latent"])
+        logs = {f"loss_{name}": value.detach() for name, value in terms.items()} | {"loss_g": generator_loss.detach()}
+
+        if len(optimizers) > 1:
+            self.toggle_optimizer(optimizers[1])
+            detached = {name: value.detach() for name, value in samples.items()}
+            disc_loss = self._discriminator_loss(images, detached)
+            optimizers[1].zero_grad(set_to_none=True)
+            self.manual_backward(disc_loss)
+            optimizers[1].step()
+            self.untoggle_optimizer(optimizers[1])
+            logs["loss_d"] = disc_loss.detach()
+
+        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        return {"loss": generator_loss.detach()}
+
+    def on_train_epoch_end(self) -> None:
+        """Advance the per-epoch learning-rate schedules (manual optimisation does not)."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the batch; the post-processor fits its threshold and normalisation on these outputs."""
+        del args, kwargs
+        self._network_input(batch, "validation")
+        return batch.update(**self.model(batch.image)._asdict())
+
+    def test_step(self, batch: Batch, batch_idx: int, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the batch after the same input checks as training."""
+        self._network_input(batch, "test")
+        return super().test_step(batch, batch_idx, *args, **kwargs)
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> STEP_OUTPUT:
+        """Score the batch after the same input checks as training."""
+        self._network_input(batch, "predict")
+        return super().predict_step(batch, batch_idx, dataloader_idx)

@@ -1,0 +1,330 @@
+"""SALAD's networks in plain PyTorch: encoder, decoders, discriminators and the scoring path.
+
+Section IV-B of the paper: the encoder M_E and decoder M_D each have ``log2(size)`` convolutional layers
+(eight at 256x256), kernel 4, stride 2, InstanceNorm and LeakyReLU, so the encoder ends in a 1-D latent
+vector and the decoder grows it back to an image. The restoration decoder M'_D has M_D's structure and
+its own weights; the image discriminator D_I is a PatchGAN and the feature discriminator D_F an MLP.
+
+The eval forward returns :class:`anomalib.data.InferenceBatch` and contains no data-dependent Python
+branches, so ``torch.export`` can trace it for ONNX / OpenVINO export.
+"""
+
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Literal
+
+import torch
+from anomalib.data import InferenceBatch
+from kornia.color import rgb_to_grayscale
+from torch import Tensor, nn
+
+__all__ = ["Decoder", "Encoder", "FeatureDiscriminator", "PatchDiscriminator", "SaladModel", "ScoreType"]
+
+ScoreType = Literal["feature", "image", "center"]
+MIN_IMAGE_SIZE = 32
+
+
+def num_levels(image_size: int) -> int:
+    """Number of stride-2 layers that take ``image_size`` down to 1x1.
+
+    Args:
+        image_size: Side of the square input.
+
+    Returns:
+        int: ``log2(image_size)``.
+
+    Raises:
+        ValueError: If ``image_size`` is not a power of two of at least 32.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        msg = f"image_size must be an int, got {image_size!r}"
+        raise TypeError(msg)
+    if image_size < MIN_IMAGE_SIZE or image_size & (image_size - 1):
+        msg = (
+            f"SALAD needs a square power-of-two image_size of at least {MIN_IMAGE_SIZE} (e.g. 64, 128, 256), "
+            f"got {image_size}: its encoder halves the image until it is a 1x1 latent vector."
+        )
+        raise ValueError(msg)
+    return int(math.log2(image_size))
+
+
+def channel_widths(levels: int, base_channels: int, max_channels: int) -> list[int]:
+    """Feature widths of the encoder's hidden layers, doubling from ``base_channels`` up to ``max_channels``."""
+    return [min(base_channels * 2**i, max_channels) for i in range(levels - 1)]
+
+
+def _block(
+    conv: nn.Module,
+    out_channels: int,
+    *,
+    norm: bool = True,
+    activation: nn.Module | None = None,
+) -> nn.Sequential:
+    layers = [conv]
+    if norm:
+        layers.append(nn.InstanceNorm2d(out_channels))
+    layers.append(activation if activation is not None else nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """M_E: image ``(B, C, S, S)`` to latent vector ``(B, latent_dim)``.
+
+    ``log2(S)`` convolutions with kernel 4 and stride 2. Every hidden layer is followed by InstanceNorm and
+    LeakyReLU(0.2); the last one is linear, because InstanceNorm is undefined on a 1x1 map and the latent
+    must be free to match N(0, I).
+
+    Args:
+        image_size: Side of the square input, a power of two >= 32.
+        in_channels: Image channels. Defaults to ``1`` (grayscale, as in the paper).
+        base_channels: Width of the first layer. Defaults to ``64``.
+        max_channels: Cap on the width of deeper layers. Defaults to ``512``.
+        latent_dim: Size of the latent vector. Defaults to ``512``.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int = 1,
+        base_channels: int = 64,
+        max_channels: int = 512,
+        latent_dim: int = 512,
+    ) -> None:
+        super().__init__()
+        levels = num_levels(image_size)
+        widths = channel_widths(levels, base_channels, max_channels)
+        ins = [in_channels, *widths]
+        self.layers = nn.Sequential(
+            *(_block(nn.Conv2d(c_in, c_out, 4, 2, 1), c_out) for c_in, c_out in zip(ins[:-1], widths, strict=True)),
+            nn.Conv2d(ins[-1], latent_dim, 4, 2, 1),
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Encode images to latent vectors."""
+        return self.layers(images).flatten(1)
+
+
+class Decoder(nn.Module):
+    """M_D (or M'_D): latent vector ``(B, latent_dim)`` to image ``(B, C, S, S)`` in ``[-1, 1]``.
+
+    The mirror of :class:`Encoder` with transposed convolutions. Hidden layers use InstanceNorm and
+    LeakyReLU(0.2); the last uses tanh to land in the paper's ``[-1, 1]`` intensity range. ``blocks`` is a
+    list so that another decoder can share its last layers (Table IV of the paper).
+
+    Args:
+        image_size: Side of the output image, a power of two >= 32.
+        out_channels: Image channels. Defaults to ``1``.
+        base_channels: Width of the last hidden layer. Defaults to ``64``.
+        max_channels: Cap on the width of the first layers. Defaults to ``512``.
+        latent_dim: Size of the latent vector. Defaults to ``512``.
+        shared_blocks: Blocks taken from another decoder for the last ``len(shared_blocks)`` layers.
+            Defaults to none.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        out_channels: int = 1,
+        base_channels: int = 64,
+        max_channels: int = 512,
+        latent_dim: int = 512,
+        shared_blocks: Sequence[nn.Module] = (),
+    ) -> None:
+        super().__init__()
+        levels = num_levels(image_size)
+        widths = channel_widths(levels, base_channels, max_channels)[::-1]
+        ins, outs = [latent_dim, *widths], [*widths, out_channels]
+        own = levels - len(shared_blocks)
+        if own < 0:
+            msg = f"Cannot share {len(shared_blocks)} layers of a {levels}-layer decoder"
+            raise ValueError(msg)
+        blocks: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(ins[:own], outs[:own], strict=True)):
+            conv = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+            last = i == levels - 1
+            blocks.append(_block(conv, c_out, norm=not last, activation=nn.Tanh() if last else None))
+        self.blocks = nn.ModuleList([*blocks, *shared_blocks])
+
+    def forward(self, latent: Tensor) -> Tensor:
+        """Decode latent vectors to images."""
+        out = latent[..., None, None]
+        for block in self.blocks:
+            out = block(out)
+        return out
+
+
+class PatchDiscriminator(nn.Module):
+    """D_I: the pix2pix PatchGAN, one real/fake logit per overlapping patch.
+
+    Args:
+        in_channels: Image channels. Defaults to ``1``.
+        base_channels: Width of the first layer. Defaults to ``64``.
+        num_layers: Stride-2 layers. Defaults to ``3`` (the 70x70 PatchGAN).
+    """
+
+    def __init__(self, in_channels: int = 1, base_channels: int = 64, num_layers: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_block(nn.Conv2d(in_channels, base_channels, 4, 2, 1), base_channels, norm=False)]
+        width = base_channels
+        for i in range(1, num_layers + 1):
+            stride = 2 if i < num_layers else 1
+            new_width = base_channels * min(2**i, 8)
+            layers.append(_block(nn.Conv2d(width, new_width, 4, stride, 1), new_width))
+            width = new_width
+        layers.append(nn.Conv2d(width, 1, 4, 1, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Patch logits ``(B, 1, h, w)``."""
+        return self.layers(images)
+
+
+class FeatureDiscriminator(nn.Module):
+    """D_F: an MLP that tells encoded latents from samples of N(0, I).
+
+    Args:
+        latent_dim: Size of the latent vector. Defaults to ``512``.
+        hidden_dims: Widths of the hidden layers. Defaults to ``(512, 256)``.
+    """
+
+    def __init__(self, latent_dim: int = 512, hidden_dims: Sequence[int] = (512, 256)) -> None:
+        super().__init__()
+        dims = [latent_dim, *hidden_dims]
+        layers: list[nn.Module] = []
+        for d_in, d_out in pairwise(dims):
+            layers += [nn.Linear(d_in, d_out), nn.LeakyReLU(0.2, inplace=True)]
+        layers.append(nn.Linear(dims[-1], 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        """One logit per latent vector, ``(B, 1)``."""
+        return self.layers(latent)
+
+
+class SaladModel(nn.Module):
+    """SALAD's networks and its test-time scoring.
+
+    Args:
+        image_size: Side of the square network input, a power of two >= 32. Defaults to ``256``.
+        base_channels: Width of the first encoder layer. Defaults to ``64`` (pix2pix).
+        max_channels: Cap on layer widths. Defaults to ``512`` (pix2pix).
+        latent_dim: Size of the latent vector z. The paper does not state it; ``512`` is the width of the
+            pix2pix bottleneck that the encoder mirrors. Defaults to ``512``.
+        restoration_decoder: Build M'_D for the self-supervised task. Defaults to ``True``.
+        restoration_shared_layers: How many of M_D's last layers M'_D shares (Table IV): ``0`` shares only
+            the encoder (the paper's choice), ``k`` also the last ``k`` decoder layers, ``-1`` the whole
+            decoder. Defaults to ``0``.
+        discriminators: Build D_I and D_F. Defaults to ``True``.
+        disc_channels: Width of the PatchGAN's first layer. Defaults to ``64``.
+        feature_disc_hidden: Hidden widths of the MLP discriminator. Defaults to ``(512, 256)``.
+        score: Anomaly score (Table V): ``"feature"`` is A_F = mean |E(x) - E(D(E(x)))| (the paper's
+            choice), ``"image"`` A_I = mean |x - D(E(x))|, ``"center"`` A_C = mean |E(x) - C|.
+            Defaults to ``"feature"``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        base_channels: int = 64,
+        max_channels: int = 512,
+        latent_dim: int = 512,
+        restoration_decoder: bool = True,
+        restoration_shared_layers: int = 0,
+        discriminators: bool = True,
+        disc_channels: int = 64,
+        feature_disc_hidden: Sequence[int] = (512, 256),
+        score: ScoreType = "feature",
+    ) -> None:
+        super().__init__()
+        levels = num_levels(image_size)
+        if score not in {"feature", "image", "center"}:
+            msg = f"score must be 'feature', 'image' or 'center', got {score!r}"
+            raise ValueError(msg)
+        if not -1 <= restoration_shared_layers <= levels:
+            msg = f"restoration_shared_layers must be in [-1, {levels}] for image_size {image_size}"
+            raise ValueError(msg)
+        self.image_size = image_size
+        self.latent_dim = latent_dim
+        self.score = score
+        widths = {"base_channels": base_channels, "max_channels": max_channels, "latent_dim": latent_dim}
+        self.encoder = Encoder(image_size, **widths)
+        self.decoder = Decoder(image_size, **widths)
+        self.restoration_decoder: nn.Module | None = None
+        if restoration_decoder:
+            shared = levels if restoration_shared_layers == -1 else restoration_shared_layers
+            if shared == levels:
+                self.restoration_decoder = self.decoder
+            else:
+                shared_blocks = list(self.decoder.blocks)[levels - shared :] if shared else []
+                self.restoration_decoder = Decoder(image_size, **widths, shared_blocks=shared_blocks)
+        self.image_discriminator: nn.Module | None = None
+        self.feature_discriminator: nn.Module | None = None
+        if discriminators:
+            self.image_discriminator = PatchDiscriminator(base_channels=disc_channels)
+            self.feature_discriminator = FeatureDiscriminator(latent_dim, feature_disc_hidden)
+        # The normal-class center C of the center loss: state, not a parameter (Wen et al. 2016).
+        self.register_buffer("center", torch.zeros(latent_dim))
+
+    def generator_modules(self) -> nn.ModuleList:
+        """E, D and M'_D (shared layers appear once in ``.parameters()``)."""
+        modules = [self.encoder, self.decoder]
+        if self.restoration_decoder is not None:
+            modules.append(self.restoration_decoder)
+        return nn.ModuleList(modules)
+
+    def discriminator_modules(self) -> nn.ModuleList:
+        """D_I and D_F, empty when the model has no discriminators."""
+        return nn.ModuleList([m for m in (self.image_discriminator, self.feature_discriminator) if m is not None])
+
+    def to_network_input(self, images: Tensor) -> Tensor:
+        """Check an image batch and reduce it to the one grayscale channel the networks use.
+
+        Args:
+            images: ``(B, 1, S, S)`` or ``(B, 3, S, S)`` in ``[-1, 1]``; RGB is converted with ITU-R 601 weights.
+
+        Returns:
+            Tensor: ``(B, 1, S, S)``.
+
+        Raises:
+            ValueError: On a wrong rank, channel count or size.
+        """
+        if images.ndim != 4:
+            msg = f"SALAD expects a batch of shape (B, C, H, W), got shape {tuple(images.shape)}"
+            raise ValueError(msg)
+        channels, height, width = images.shape[1:]
+        if channels not in {1, 3}:
+            msg = f"SALAD expects 1 (grayscale) or 3 (RGB) channels, got {channels} in shape {tuple(images.shape)}"
+            raise ValueError(msg)
+        if (height, width) != (self.image_size, self.image_size):
+            msg = (
+                f"SALAD was built for {self.image_size}x{self.image_size} inputs, got {height}x{width}; "
+                "resize in the pre-processor (Salad.configure_pre_processor does) or build it with that image_size"
+            )
+            raise ValueError(msg)
+        return rgb_to_grayscale(images) if channels == 3 else images
+
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """One image -> latent -> image pass: ``(z, x_hat)`` for network-ready images."""
+        latent = self.encoder(images)
+        return latent, self.decoder(latent)
+
+    def forward(self, images: Tensor) -> InferenceBatch:
+        """Score images: ``pred_score`` per the chosen score, ``anomaly_map`` = |x - D(E(x))|.
+
+        Args:
+            images: Pre-processed ``(B, 1 or 3, S, S)`` batch in ``[-1, 1]``.
+
+        Returns:
+            InferenceBatch: ``pred_score`` ``(B,)`` and ``anomaly_map`` ``(B, 1, S, S)``.
+        """
+        images = self.to_network_input(images)
+        latent, reconstruction = self.reconstruct(images)
+        anomaly_map = (images - reconstruction).abs()
+        if self.score == "feature":
+            pred_score = (latent - self.encoder(reconstruction)).abs().mean(dim=1)
+        elif self.score == "image":
+            pred_score = anomaly_map.flatten(1).mean(dim=1)
+        else:
+            pred_score = (latent - self.center).abs().mean(dim=1)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
