@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.metrics import AUROC, Evaluator, F1Score
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -39,6 +39,7 @@ from .loss import (
     discriminator_loss,
     generator_adversarial_loss,
 )
+from .metrics import AUROC, paper_metrics
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
 from .torch_model import SaladModel, ScoreType
 
@@ -46,12 +47,15 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LinearDecay", "Salad"]
 
+RNG_KEY = "salad_rng_states"
+
 
 class LinearDecay:
-    """Learning-rate factor: 1 for the first ``constant_epochs``, then linear to 0 at ``total_epochs``.
+    """Learning-rate factor: 1 for the first ``constant_epochs``, then linear towards 0 at ``total_epochs``.
 
-    A class rather than a lambda so that ``LambdaLR.state_dict`` saves it and a resumed run continues
-    the schedule.
+    The rule of CycleGAN, whose settings the paper follows: with 200 epochs and 100 constant ones, epoch 100
+    runs at 100/101 of the rate and epoch 199 at 1/101. A class rather than a lambda so that
+    ``LambdaLR.state_dict`` saves it and a resumed run continues the schedule.
 
     Args:
         total_epochs: Length of training.
@@ -64,8 +68,8 @@ class LinearDecay:
 
     def __call__(self, epoch: int) -> float:
         """Factor applied to the base learning rate in ``epoch`` (0-based)."""
-        decay_epochs = max(self.total_epochs - self.constant_epochs, 1)
-        return max(0.0, 1.0 - max(0, epoch - self.constant_epochs) / decay_epochs)
+        decay_epochs = self.total_epochs - self.constant_epochs + 1
+        return max(0.0, 1.0 - max(0, epoch + 1 - self.constant_epochs) / decay_epochs)
 
 
 class Salad(AnomalibModule):
@@ -214,12 +218,13 @@ class Salad(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Image AUROC and F1 on the test set (pixel metrics where masks exist), AUROC on validation."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
+        """The paper's metrics on the test set (pixel AUROC too where masks exist), image AUROC on validation.
+
+        Test: AUROC, and F1 / accuracy / sensitivity / specificity both at the best-F1 threshold (the paper's
+        protocol) and at anomalib's validation-fitted threshold; see :func:`anomalib_salad.metrics.paper_metrics`.
+        Validation AUROC is there so that early stopping on ``image_AUROC`` works.
+        """
+        test_metrics = [*paper_metrics(), AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
         val_metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
         return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
 
@@ -339,11 +344,33 @@ class Salad(AnomalibModule):
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         return {"loss": generator_loss.detach()}
 
-    def on_train_epoch_end(self) -> None:
-        """Advance the per-epoch learning-rate schedules (manual optimisation does not)."""
+    def on_train_epoch_start(self) -> None:
+        """Bring the per-epoch schedules to this epoch (manual optimisation does not step them).
+
+        Stepping up to ``current_epoch`` at the start, rather than once at the end, keeps a run resumed from a
+        checkpoint written at validation end on the same schedule as an uninterrupted one.
+        """
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step()
+            while scheduler.last_epoch < self.current_epoch:
+                scheduler.step()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save torch's random state, so a resumed fit draws the same noise, proxy tasks and batch order."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[RNG_KEY] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the random state when resuming a fit; plain loading leaves the caller's state alone."""
+        super().on_load_checkpoint(checkpoint)
+        states = checkpoint.get(RNG_KEY)
+        if states is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(states["cpu"])
+        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score the batch; the post-processor fits its threshold and normalisation on these outputs."""

@@ -131,3 +131,14 @@ def test_zero_weights_skip_compute() -> None:
     terms, _ = model._generator_terms(torch.rand(2, 1, 32, 32))
     assert set(terms) == {"ct"}
     assert calls == []  # no decoder pass when no term needs one
+
+
+def test_linear_decay_matches_the_paper_schedule() -> None:
+    from anomalib_salad.lightning_model import LinearDecay
+
+    schedule = LinearDecay(total_epochs=200, constant_epochs=100)
+    factors = [schedule(epoch) for epoch in range(200)]
+    assert factors[:100] == [1.0] * 100
+    assert factors[100] == pytest.approx(100 / 101)
+    assert factors[199] == pytest.approx(1 / 101)
+    assert all(a > b for a, b in zip(factors[99:], factors[100:], strict=False))

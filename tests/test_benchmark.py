@@ -1,0 +1,289 @@
+"""Tests of anomalib_salad.benchmark: the smoke grid end to end on CPU, the shipped configs, and the parts."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from anomalib.data import ImageBatch
+from anomalib.models import ALLOWED_MODULES, UnknownModelError, get_model
+from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
+from anomalib.post_processing import PostProcessor
+
+from anomalib_salad import Salad
+from anomalib_salad.benchmark import (
+    RankPreservingPostProcessor,
+    SaladBenchmark,
+    allow_external_packages,
+    build_datamodule,
+    build_model,
+    summarize,
+)
+from anomalib_salad.metrics import AUROC
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "benchmark"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+PAPER_COLUMNS = [
+    "image_AUROC",
+    "image_BestF1Score", "image_BestF1Accuracy", "image_BestF1Sensitivity", "image_BestF1Specificity",
+    "image_F1Score", "image_Accuracy", "image_Sensitivity", "image_Specificity",
+]
+# anomalib's BenchmarkJob columns, which results.csv keeps.
+ANOMALIB_COLUMNS = ["accelerator", "job_duration", "fit_duration", "test_duration", "seed", "model.class_path",
+                    "data.class_path"]
+THROUGHPUT_COLUMNS = ["train_images", "train_time", "train_throughput", "test_images", "test_time", "test_throughput"]
+
+
+TINY_SALAD = {"image_size": 32, "base_channels": 8, "max_channels": 16, "latent_dim": 8}
+
+
+def load_config(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run the smoke grid with the command users type, from a scratch working directory."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    output_dir = cwd / "out"
+    # One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process can be ~50x slower.
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "anomalib_salad.benchmark", "--config", str(CONFIGS / "smoke_synthetic.yaml"),
+               "--output_dir", str(output_dir)]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return result, output_dir
+
+
+def test_smoke_grid_runs(smoke_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    result, output_dir = smoke_run
+    log = (output_dir / "pipeline.log").read_text() if (output_dir / "pipeline.log").exists() else ""
+    assert result.returncode == 0, result.stderr[-3000:] + log[-3000:]
+    assert "Results:" in result.stdout
+
+
+def test_smoke_results_csv(smoke_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    _, output_dir = smoke_run
+    results = pd.read_csv(output_dir / "results.csv")
+    config = load_config("smoke_synthetic.yaml")["benchmark"]
+    seeds = config["seed"]["grid"]
+    models = config["model"]["grid"]
+    assert len(results) == len(seeds) * len(models)
+    for column in ANOMALIB_COLUMNS + THROUGHPUT_COLUMNS + PAPER_COLUMNS:
+        assert column in results, column
+    # The external class path was accepted and its rows are there, next to anomalib's GANomaly.
+    assert sorted(results["model.class_path"].unique()) == ["Ganomaly", "anomalib_salad.Salad"]
+    assert sorted(results["seed"].unique()) == seeds
+    assert (results["train_throughput"] > 0).all()
+    assert (results["test_throughput"] > 0).all()
+    data = config["data"]["init_args"]
+    assert (results["train_images"] == data["num_train"] * config["trainer"]["max_epochs"]).all()
+    assert (results["test_images"] == data["num_test"]).all()  # half of 2 x num_test is the validation set
+    for column in PAPER_COLUMNS:
+        assert results[column].between(0, 1).all(), column
+
+
+def test_smoke_scores_match_csv(smoke_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    """The per-image raw scores reproduce the CSV's AUROC: the post-processing kept the ranking."""
+    _, output_dir = smoke_run
+    results = pd.read_csv(output_dir / "results.csv")
+    for _, row in results.iterrows():
+        scores = pd.read_csv(output_dir / row["scores_file"])
+        assert len(scores) == row["test_images"]
+        auroc = AUROC(fields=["pred_score", "gt_label"])
+        auroc.update(ImageBatch(image=torch.zeros(len(scores), 3, 4, 4),
+                                pred_score=torch.tensor(scores["pred_score"].to_numpy()),
+                                gt_label=torch.tensor(scores["gt_label"].to_numpy())))
+        assert auroc.compute().item() == pytest.approx(row["image_AUROC"], abs=1e-6)
+        accuracy = (scores["pred_label"] == scores["gt_label"]).mean()
+        assert accuracy == pytest.approx(row["image_Accuracy"], abs=1e-6)
+
+
+def test_smoke_summary_and_checkpoint(smoke_run: tuple[subprocess.CompletedProcess, Path]) -> None:
+    _, output_dir = smoke_run
+    results = pd.read_csv(output_dir / "results.csv")
+    summary = pd.read_csv(output_dir / "summary.csv")
+    assert len(summary) == 2
+    assert (summary["runs"] == 2).all()
+    for column in ["image_AUROC", "image_BestF1Score", "train_throughput", "test_throughput"]:
+        assert f"{column}_mean" in summary
+        assert f"{column}_std" in summary
+    salad = results[results["model.class_path"] == "anomalib_salad.Salad"]
+    row = summary[summary["model.class_path"] == "anomalib_salad.Salad"].iloc[0]
+    assert row["image_AUROC_mean"] == pytest.approx(salad["image_AUROC"].mean())
+    assert row["image_AUROC_std"] == pytest.approx(salad["image_AUROC"].std(ddof=1))
+    # SALAD's entry asks for a checkpoint; it reloads with the fitted threshold.
+    checkpoint = output_dir / salad["checkpoint"].iloc[0]
+    model = Salad.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert model.model.image_size == 32
+    assert float(model.post_processor.image_threshold) == pytest.approx(salad["image_FittedThreshold"].iloc[0])
+    assert results.loc[results["model.class_path"] == "Ganomaly", "checkpoint"].isna().all()
+
+
+@pytest.fixture
+def restore_allowed_modules() -> None:
+    saved = set(ALLOWED_MODULES)
+    for name in [m for m in ALLOWED_MODULES if m.startswith("anomalib_salad")]:
+        ALLOWED_MODULES.discard(name)
+    yield
+    ALLOWED_MODULES.clear()
+    ALLOWED_MODULES.update(saved)
+
+
+@pytest.mark.usefixtures("restore_allowed_modules")
+def test_external_class_paths_need_and_get_the_allow_list() -> None:
+    config = {"class_path": "anomalib_salad.Salad", "init_args": TINY_SALAD}
+    with pytest.raises(UnknownModelError):
+        get_model(config)
+    added = allow_external_packages(["anomalib_salad"])
+    assert {"anomalib_salad", "anomalib_salad.lightning_model"} <= added
+    assert isinstance(get_model(config), Salad)
+    assert isinstance(get_model({**config, "class_path": "anomalib_salad.lightning_model.Salad"}), Salad)
+    assert allow_external_packages(["anomalib_salad"]) == set()  # idempotent
+
+
+def test_build_model_with_image_size() -> None:
+    allow_external_packages()
+    model = build_model({"class_path": "Ganomaly", "name": "GANomaly", "image_size": 32,
+                         "init_args": {"n_features": 8, "latent_vec_size": 8}})
+    assert tuple(model.input_size) == (32, 32)
+    with pytest.raises(UnknownModelError, match="not allowed"):
+        build_model({"class_path": "os.path.join", "image_size": 32})
+    # Plain Python arguments, not OmegaConf nodes, reach the model (and its checkpoint's hyper-parameters).
+    model = build_model({"class_path": "anomalib_salad.Salad", "init_args": {**TINY_SALAD, "feature_disc_hidden": [8]}})
+    assert type(model.hparams["feature_disc_hidden"]) is list
+
+
+def test_rank_preserving_post_processor_keeps_labels_and_order() -> None:
+    raw = torch.tensor([-5.0, 0.1, 0.4, 0.5, 0.9, 3.0, 9.0])
+    batches = []
+    for processor in (PostProcessor(), RankPreservingPostProcessor()):
+        processor.image_min.fill_(0.0)
+        processor.image_max.fill_(1.0)
+        processor._image_threshold.fill_(0.45)
+        batch = ImageBatch(image=torch.zeros(len(raw), 3, 4, 4), pred_score=raw.clone())
+        processor.post_process_batch(batch)
+        batches.append(batch)
+    clamped, preserved = batches
+    assert torch.equal(clamped.pred_label, preserved.pred_label)
+    assert torch.equal(preserved.pred_label, raw > 0.45)
+    assert clamped.pred_score[-1] == clamped.pred_score[-2] == 1.0  # anomalib's clamp ties 3.0 and 9.0
+    assert torch.all(preserved.pred_score.diff() > 0)
+    assert torch.all((preserved.pred_score > 0) & (preserved.pred_score < 1))
+    offset = raw - 0.45  # range 1
+    assert torch.allclose(preserved.pred_score, 0.5 + 0.5 * offset / (1 + offset.abs()))
+
+
+def test_summarize_by_hand() -> None:
+    results = pd.DataFrame({
+        "accelerator": ["cpu"] * 4,
+        "model.class_path": ["A", "A", "B", "B"],
+        "model.init_args.k": [1, 1, None, None],  # B lacks A's argument
+        "seed": [0, 1, 0, 1],
+        "image_AUROC": [0.5, 0.7, 0.9, 0.9],
+        "run_id": ["a0", "a1", "b0", "b1"],
+    })
+    summary = summarize(results).set_index("model.class_path")
+    assert summary.loc["A", "image_AUROC_mean"] == pytest.approx(0.6)
+    assert summary.loc["A", "image_AUROC_std"] == pytest.approx(math.sqrt(0.02))  # ((-0.1)^2 + 0.1^2) / (2 - 1)
+    assert summary.loc["B", "image_AUROC_std"] == pytest.approx(0.0)
+    assert summary.loc["B", "seeds"] == "0 1"
+    assert "run_id_mean" not in summary
+
+
+def test_a_broken_grid_point_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         request: pytest.FixtureRequest) -> None:
+    """A point whose model cannot be built fails; the others still run and are saved; the run reports failure."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    config = load_config("smoke_synthetic.yaml")
+    good = config["benchmark"]["model"]["grid"][0]
+    bad = {**good, "name": "broken", "init_args": {**good["init_args"], "image_size": 33}}
+    config["benchmark"]["model"] = {"grid": [bad, good]}
+    config["benchmark"]["seed"] = 0
+    with pytest.raises(RuntimeError, match="failing jobs"):
+        SaladBenchmark(output_dir=tmp_path / "out").run_config(config, redirect=False)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(results["model.name"]) == ["SALAD"]
+
+
+def test_threshold_is_fitted_without_validation_in_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        request: pytest.FixtureRequest) -> None:
+    """anomalib's Engine.test never validates a one-class model; the job does when fit did not."""
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    config = load_config("smoke_synthetic.yaml")
+    config["benchmark"]["model"] = config["benchmark"]["model"]["grid"][0]
+    config["benchmark"]["seed"] = 0
+    config["benchmark"]["trainer"] = {"max_epochs": 1, "check_val_every_n_epoch": 3}
+    SaladBenchmark(output_dir=tmp_path / "out").run_config(config, redirect=False)
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert results["image_FittedThreshold"].notna().all()
+    scores = pd.read_csv(tmp_path / "out" / results["scores_file"].iloc[0])
+    assert scores["pred_label"].isin([0, 1]).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "jobs"),
+    [("smoke_synthetic.yaml", 4), ("braintumor.yaml", 9), ("pneumoniamnist.yaml", 9),
+     ("ablation_braintumor.yaml", 27)],
+)
+def test_config_grids_build(name: str, jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every distinct model and datamodule of each shipped config can be built (nothing is trained)."""
+    monkeypatch.chdir(tmp_path)  # create_dirs and relative roots land here
+    config = load_config(name)
+    for folder in config.get("create_dirs", []):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    allow_external_packages()
+    points = list(get_iterator_from_grid_dict(config["benchmark"]))
+    assert len(points) == jobs
+    seen: set[str] = set()
+    for point in points:
+        key = yaml.safe_dump(point["model"])
+        if key in seen:
+            continue
+        seen.add(key)
+        model = build_model(point["model"])
+        assert model.trainer_arguments.get("max_epochs") is None  # the config's schedule applies
+    assert build_datamodule(points[0]["data"]) is not None
+    assert config["benchmark"]["trainer"]["max_epochs"] >= 1
+
+
+def test_ablation_grid_covers_tables_three_to_five() -> None:
+    grid = load_config("ablation_braintumor.yaml")["benchmark"]["model"]["grid"]
+    defaults = {"structure_loss": "ssim", "latent_loss": "center", "center_weight": 10.0, "restoration_weight": 10.0,
+                "restoration_shared_layers": 0, "score": "feature"}
+    variants = {tuple(sorted({**defaults, **entry["init_args"]}.items())) for entry in grid}
+    assert len(variants) == len(grid) == 9
+
+    def has(**changes: object) -> bool:
+        return tuple(sorted({**defaults, **changes}.items())) in variants
+
+    no_ssl = {"restoration_weight": 0.0}
+    assert has(structure_loss="l1", center_weight=0.0, **no_ssl)  # Table III
+    assert has(center_weight=0.0, **no_ssl)
+    assert has(latent_loss="kl", **no_ssl)
+    assert has(**no_ssl)  # Lstr + Lct, Table IV's w/o SSL
+    for shared in (-1, 2, 0):  # Table IV
+        assert has(restoration_shared_layers=shared)
+    for score in ("feature", "image", "center"):  # Table V
+        assert has(score=score)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "braintumor").is_dir(), reason="needs ../shared/data/braintumor")
+def test_braintumor_config_finds_the_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the configs' data roots are relative to the repository
+    datamodule = build_datamodule(load_config("braintumor.yaml")["benchmark"]["data"])
+    datamodule.setup()
+    assert len(datamodule.train_data) == 1000
+    assert len(datamodule.val_data) + len(datamodule.test_data) == 1200
