@@ -27,6 +27,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
@@ -239,8 +240,16 @@ class Salad(AnomalibModule):
         return LearningType.ONE_CLASS
 
     def setup(self, stage: str) -> None:
-        """Refuse a replaced ``configure_optimizers`` (``--optimizer`` / ``--lr_scheduler`` on the CLI)."""
+        """Refuse a replaced ``configure_optimizers`` and prepare DDP for alternating updates.
+
+        Runs before Lightning wraps the module in DDP. Each of SALAD's two backward passes leaves the other
+        side's parameters without gradients, which plain DDP rejects, so unused-parameter detection is enabled.
+        """
         super().setup(stage)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
+            logger.info("Salad: enabling DDP find_unused_parameters (generator and discriminators update in turn)")
+            strategy._ddp_kwargs["find_unused_parameters"] = True
         if "configure_optimizers" in vars(self):
             msg = (
                 "Salad trains a generator and two discriminators with two optimizers and its own schedule; "
