@@ -1,13 +1,28 @@
 """anomalib-salad: the SALAD medical anomaly detector (Zhao et al., IEEE TMI 2021) as an anomalib model.
 
+The names below load on first use, so that ``anomalib_salad.deploy`` can run an exported model on a machine
+without torch.
+
 Example:
     >>> from anomalib_salad import Salad
     >>> model = Salad(image_size=64)
 """
 
-from .data import SyntheticScans
-from .lightning_model import Salad
-from .torch_model import SaladModel
+from importlib import import_module
+from typing import Any
 
 __all__ = ["Salad", "SaladModel", "SyntheticScans"]
 __version__ = "0.1.0"
+
+_HOMES = {"Salad": ".lightning_model", "SaladModel": ".torch_model", "SyntheticScans": ".data"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name], __name__), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -16,9 +16,11 @@ Example:
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
 from anomalib.data import Batch
@@ -113,6 +115,9 @@ class Salad(AnomalibModule):
         beta2: Adam beta2. Defaults to ``0.999``.
         constant_lr_fraction: Fraction of ``max_epochs`` at the initial rate before the linear decay.
             Defaults to ``0.5``.
+        nonfinite_loss: What a NaN/Inf loss does: ``"raise"`` stops training with an error naming the step and
+            the term (checkpoints of earlier epochs stay), ``"skip"`` drops that batch's updates, warns, and
+            counts it in the logged ``nonfinite_steps``. Defaults to ``"raise"``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -151,6 +156,7 @@ class Salad(AnomalibModule):
         beta1: float = 0.5,
         beta2: float = 0.999,
         constant_lr_fraction: float = 0.5,
+        nonfinite_loss: Literal["raise", "skip"] = "raise",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -166,6 +172,9 @@ class Salad(AnomalibModule):
         )
         if latent_loss not in {"center", "kl"}:
             msg = f"latent_loss must be 'center' or 'kl', got {latent_loss!r}"
+            raise ValueError(msg)
+        if nonfinite_loss not in {"raise", "skip"}:
+            msg = f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}"
             raise ValueError(msg)
         if not 0 <= constant_lr_fraction <= 1:
             msg = f"constant_lr_fraction must be in [0, 1], got {constant_lr_fraction}"
@@ -193,6 +202,8 @@ class Salad(AnomalibModule):
                 weights=proxy_task_weights,
             )
         self.lr, self.betas, self.constant_lr_fraction = lr, (beta1, beta2), constant_lr_fraction
+        self.nonfinite_loss = nonfinite_loss
+        self.nonfinite_steps = 0
         self.automatic_optimization = False
 
     @classmethod
@@ -200,7 +211,10 @@ class Salad(AnomalibModule):
         """Bicubic resize to ``image_size`` and scaling of [0, 1] to [-1, 1], as in the paper.
 
         Only ``Resize``, ``Normalize`` and ``Compose`` are used, so anomalib stores the transform in the
-        checkpoint and an export from a reloaded checkpoint still resizes and scales.
+        checkpoint and an export from a reloaded checkpoint still resizes and scales. Antialiasing is off because
+        anomalib exports every resize without it (and OpenVINO 2026.4 computes an antialiased ONNX resize
+        wrongly): with it on, a deployed model would see other pixels than validation did whenever inputs are
+        not already at ``image_size``.
 
         Args:
             image_size: Side (or ``(height, width)``) of the network input. Defaults to ``256``.
@@ -212,7 +226,7 @@ class Salad(AnomalibModule):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return PreProcessor(
             transform=Compose([
-                Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+                Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=False),
                 Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
             ]),
         )
@@ -238,6 +252,35 @@ class Salad(AnomalibModule):
     def learning_type(self) -> LearningType:
         """SALAD learns from normal images only."""
         return LearningType.ONE_CLASS
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> "Salad":
+        """Load a checkpoint after checking that Salad wrote it (a clear error for any other file).
+
+        Args:
+            checkpoint_path: The ``.ckpt`` file (or an open binary file, loaded without the check).
+            map_location: Device mapping passed to ``torch.load``. Defaults to ``None``.
+            hparams_file: Optional YAML of hyper-parameters. Defaults to ``None``.
+            strict: Enforce matching state-dict keys. Defaults to ``None``.
+            weights_only: Restrict unpickling to tensors and allow-listed types. Defaults to ``True``.
+            **kwargs: Hyper-parameters that override the saved ones.
+
+        Returns:
+            Salad: The model.
+        """
+        if isinstance(checkpoint_path, str | Path):
+            from .deploy import read_salad_checkpoint  # noqa: PLC0415  (deploy imports this module)
+
+            read_salad_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def setup(self, stage: str) -> None:
         """Refuse a replaced ``configure_optimizers`` and prepare DDP for alternating updates.
@@ -333,6 +376,9 @@ class Salad(AnomalibModule):
         self.toggle_optimizer(optimizers[0])
         terms, samples = self._generator_terms(images)
         generator_loss = self.loss(terms)
+        if not self._finite(generator_loss, terms):
+            self.untoggle_optimizer(optimizers[0])
+            return None
         optimizers[0].zero_grad(set_to_none=True)
         self.manual_backward(generator_loss)
         optimizers[0].step()
@@ -344,14 +390,36 @@ class Salad(AnomalibModule):
             self.toggle_optimizer(optimizers[1])
             detached = {name: value.detach() for name, value in samples.items()}
             disc_loss = self._discriminator_loss(images, detached)
-            optimizers[1].zero_grad(set_to_none=True)
-            self.manual_backward(disc_loss)
-            optimizers[1].step()
+            if self._finite(disc_loss, {"d": disc_loss}):
+                optimizers[1].zero_grad(set_to_none=True)
+                self.manual_backward(disc_loss)
+                optimizers[1].step()
+                logs["loss_d"] = disc_loss.detach()
             self.untoggle_optimizer(optimizers[1])
-            logs["loss_d"] = disc_loss.detach()
 
         self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
         return {"loss": generator_loss.detach()}
+
+    def _finite(self, loss: Tensor, terms: dict[str, Tensor]) -> bool:
+        """Whether ``loss`` is finite on every process; otherwise raise, or warn and count, naming step and terms.
+
+        The decision is reduced over processes, so under DDP all ranks skip together and stay in step.
+        """
+        finite = torch.isfinite(loss.detach()).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite:
+            return True
+        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+        where = f"epoch {self.current_epoch}, global step {self.global_step}"
+        msg = f"Salad: non-finite loss at {where}; loss terms {bad or '(on another process)'} are NaN/Inf"
+        if self.nonfinite_loss == "raise":
+            msg += ". Lower --model.lr, check the data, or set --model.nonfinite_loss skip to drop such batches."
+            raise FloatingPointError(msg)
+        self.nonfinite_steps += 1
+        logger.warning("%s; batch skipped (%d so far)", msg, self.nonfinite_steps)
+        self.log("nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        return False
 
     def on_train_epoch_start(self) -> None:
         """Bring the per-epoch schedules to this epoch (manual optimisation does not step them).

@@ -1,9 +1,12 @@
 """Unit tests of each loss term on known inputs, of the center update, and of gradient routing."""
 
+from itertools import pairwise
+
 import pytest
 import torch
 
 from anomalib_salad import Salad
+from anomalib_salad.lightning_model import LinearDecay
 from anomalib_salad.loss import (
     CenterLoss,
     GeneratorLoss,
@@ -134,11 +137,9 @@ def test_zero_weights_skip_compute() -> None:
 
 
 def test_linear_decay_matches_the_paper_schedule() -> None:
-    from anomalib_salad.lightning_model import LinearDecay
-
     schedule = LinearDecay(total_epochs=200, constant_epochs=100)
     factors = [schedule(epoch) for epoch in range(200)]
     assert factors[:100] == [1.0] * 100
     assert factors[100] == pytest.approx(100 / 101)
     assert factors[199] == pytest.approx(1 / 101)
-    assert all(a > b for a, b in zip(factors[99:], factors[100:], strict=False))
+    assert all(a > b for a, b in pairwise(factors[99:]))

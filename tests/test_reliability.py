@@ -93,5 +93,36 @@ def test_broken_checkpoint_is_named(interrupted_checkpoint: Path, tmp_path: Path
         del content["state_dict"][missing]
     broken = tmp_path / "broken.ckpt"
     torch.save(content, broken)
-    with pytest.raises((KeyError, RuntimeError), match=missing.replace(".", r"\.")):
+    with pytest.raises((ValueError, RuntimeError), match=missing.replace(".", r"\.")):
         Salad.load_from_checkpoint(broken)
+
+
+class NanStructureLoss(torch.nn.Module):
+    """The real structure loss, NaN from the third call on."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        value = self.inner(images, reconstructions)
+        return value * float("nan") if self.calls >= 3 else value
+
+
+def test_nan_loss_stops_with_step_and_term(tiny_scans: Path, tmp_path: Path) -> None:
+    model = Salad(**TINY)
+    model.structure_loss = NanStructureLoss(model.structure_loss)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(FloatingPointError, match=r"global step \d+; loss terms \['str'\] are NaN/Inf"):
+        engine.fit(model, datamodule=_folder(tiny_scans))
+
+
+def test_nan_loss_can_skip_batches(tiny_scans: Path, tmp_path: Path) -> None:
+    model = Salad(**TINY, nonfinite_loss="skip")
+    model.structure_loss = NanStructureLoss(model.structure_loss)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model, datamodule=_folder(tiny_scans))
+    assert model.nonfinite_steps == 1  # 40 images / 16 = 3 batches: the third one is skipped
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(model.model.center).all()

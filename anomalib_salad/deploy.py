@@ -1,0 +1,547 @@
+"""Deploying SALAD: checked checkpoint loading and export, and an OpenVINO-only inferencer.
+
+Two halves with different dependencies:
+
+* :func:`load_salad_checkpoint` and :func:`export_salad` need the training stack (torch, anomalib). They
+  wrap ``Salad.load_from_checkpoint`` / ``AnomalibModule.to_*`` with checks that name what is wrong with a
+  file instead of Lightning's ``KeyError: 'pytorch-lightning_version'`` or a page of missing state-dict keys.
+* :func:`read_image`, :func:`to_model_input`, :class:`SaladInferencer` and :func:`heatmap_overlay` need only
+  NumPy, Pillow and OpenVINO, so an edge machine can score images with an exported IR and no torch. This
+  file therefore imports nothing else at module level; ``examples/deploy_openvino.py`` loads it by path so
+  that the package ``__init__`` (which imports torch) does not run.
+
+The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (bicubic),
+scales to ``[-1, 1]``, converts to grayscale, scores, and min-max normalises with the threshold fitted on
+the validation set, so ``pred_score`` lies in ``[0, 1]`` with the decision threshold at ``0.5``.
+
+Example:
+    >>> from anomalib_salad.deploy import SaladInferencer
+    >>> inferencer = SaladInferencer("weights/openvino/model.xml", precision_hint="f32")  # doctest: +SKIP
+    >>> prediction = inferencer.predict("scan.png")  # doctest: +SKIP
+    >>> prediction.pred_score, prediction.pred_label  # doctest: +SKIP
+    (array([0.73], dtype=float32), array([ True]))
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from anomalib.data import AnomalibDataModule
+
+    from anomalib_salad.lightning_model import Salad
+
+__all__ = [
+    "CheckpointError",
+    "InputImageError",
+    "SaladInferencer",
+    "SaladPrediction",
+    "check_salad_checkpoint",
+    "export_salad",
+    "heatmap_overlay",
+    "load_salad_checkpoint",
+    "read_image",
+    "to_model_input",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+PrecisionHint = Literal["f32", "bf16", "f16"]
+# Pillow modes that anomalib's reader (``Image.open(path).convert("RGB")``, also used by the Folder dataset
+# in training) converts faithfully; 16/32-bit modes are clipped at 255 by that conversion.
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_SALAD_STATE_PREFIXES = ("model.encoder.", "model.decoder.")
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable Salad checkpoint or exported SALAD model."""
+
+
+class InputImageError(ValueError):
+    """An image cannot be turned into the exported model's ``(N, 3, H, W)`` input."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints and export (need torch and anomalib, imported lazily)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_salad_checkpoint(checkpoint: object, source: str = "checkpoint") -> None:
+    """Check that a loaded checkpoint object was written by :class:`~anomalib_salad.Salad` through Lightning.
+
+    Args:
+        checkpoint: What ``torch.load`` returned.
+        source: Name of the file, for messages.
+
+    Raises:
+        CheckpointError: Naming what the object is instead (bare state dict, another model, ...).
+    """
+    from anomalib_salad.lightning_model import Salad  # noqa: PLC0415  (torch stays off the inference path)
+
+    if not isinstance(checkpoint, Mapping):
+        msg = f"{source} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict"
+        raise CheckpointError(msg)
+    if "state_dict" not in checkpoint:
+        keys = sorted(str(key) for key in checkpoint)
+        if keys and all(hasattr(value, "shape") for value in checkpoint.values()):
+            what = f"a bare state_dict of {len(keys)} tensors (first: {keys[0]!r})"
+        else:
+            what = f"a dict with keys {keys[:10]}"
+        msg = (
+            f"{source} holds {what}, not a Lightning checkpoint: Salad.load_from_checkpoint needs the .ckpt that "
+            "Engine.fit / anomalib train writes (keys 'state_dict', 'hyper_parameters', 'pytorch-lightning_version')"
+        )
+        raise CheckpointError(msg)
+    state_keys = [str(key) for key in checkpoint["state_dict"]]
+    hyper_parameters = dict(checkpoint.get("hyper_parameters") or {})
+    if not all(any(key.startswith(prefix) for key in state_keys) for prefix in _SALAD_STATE_PREFIXES):
+        modules = sorted({".".join(key.split(".")[:2]) for key in state_keys})
+        msg = (
+            f"{source} was not written by Salad: its state_dict has no SALAD encoder/decoder weights "
+            f"({', '.join(p + '*' for p in _SALAD_STATE_PREFIXES)}) but holds {modules[:12]}; "
+            f"hyper-parameters {sorted(hyper_parameters)[:12]}. Export it with its own model class."
+        )
+        raise CheckpointError(msg)
+    unknown = sorted(set(hyper_parameters) - set(inspect.signature(Salad.__init__).parameters))
+    if unknown:
+        msg = f"{source} has hyper-parameters that Salad does not take: {unknown}; was it written by another model?"
+        raise CheckpointError(msg)
+    if "pytorch-lightning_version" not in checkpoint:
+        msg = f"{source} lacks 'pytorch-lightning_version'; it was not saved by a Lightning Trainer"
+        raise CheckpointError(msg)
+
+
+def read_salad_checkpoint(path: str | Path) -> Mapping:
+    """Read a checkpoint file (memory-mapped) and check that :class:`~anomalib_salad.Salad` wrote it.
+
+    ``Salad.load_from_checkpoint`` calls this first, so the CLI (``--ckpt_path`` of ``anomalib export``) gets
+    these messages too instead of Lightning's ``KeyError: 'pytorch-lightning_version'`` or a page of
+    missing state-dict keys.
+
+    Args:
+        path: The ``.ckpt`` file.
+
+    Returns:
+        Mapping: The checkpoint, its tensors memory-mapped.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a file.
+        CheckpointError: If it is not a readable checkpoint or not Salad's.
+    """
+    import torch  # noqa: PLC0415  (torch stays off the inference path)
+    from anomalib.utils.serialization import anomalib_safe_globals  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Salad checkpoint not found: {path}" + (" (a directory)" if path.is_dir() else "")
+        raise FileNotFoundError(msg)
+    try:
+        with anomalib_safe_globals():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        msg = f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {first_line})"
+        raise CheckpointError(msg) from error
+    check_salad_checkpoint(checkpoint, str(path))
+    return checkpoint
+
+
+def load_salad_checkpoint(path: str | Path, map_location: str = "cpu") -> Salad:
+    """Load a Salad checkpoint in eval mode, checking that its pre-processing came back.
+
+    ``Salad.load_from_checkpoint`` (which ``Engine.export(ckpt_path=...)`` and ``anomalib export --ckpt_path``
+    use) already checks the file; this also checks that the pre-processor's resize and normalisation were
+    restored: anomalib restores only checkpoint-safe transforms and would otherwise export a graph without them.
+
+    Args:
+        path: The ``.ckpt`` file.
+        map_location: Device for the tensors. Defaults to ``"cpu"``.
+
+    Returns:
+        Salad: The model, in eval mode.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a file.
+        CheckpointError: If it is not a readable checkpoint, not Salad's, or lost its pre-processing.
+    """
+    from anomalib_salad.lightning_model import Salad  # noqa: PLC0415  (torch stays off the inference path)
+
+    model = Salad.load_from_checkpoint(path, map_location=map_location)
+    if model.pre_processor is not None and getattr(model.pre_processor, "transform", None) is None:
+        msg = (
+            f"{path}: the pre-processor's transform was not stored (anomalib 2.7 keeps only Resize, Normalize, "
+            "CenterCrop, Compose, Grayscale, ExportableCenterCrop, SquarePad), so an export would lack the resize "
+            "and [-1, 1] scaling. Retrain with the default pre-processor or only those transforms."
+        )
+        raise CheckpointError(msg)
+    return model.eval()
+
+
+def export_salad(
+    checkpoint: str | Path,
+    export_root: str | Path,
+    export_type: Literal["torch", "onnx", "openvino"] = "openvino",
+    *,
+    compression_type: str | None = None,
+    datamodule: AnomalibDataModule | None = None,
+    input_size: tuple[int, int] | None = None,
+) -> Path:
+    """Export a checked Salad checkpoint with anomalib's exporters.
+
+    Equivalent to ``Engine.export(model=Salad(), export_type=..., ckpt_path=checkpoint)`` but fails early with
+    :class:`CheckpointError` on a wrong file, and asks for ONNX opset 18 (what torch's exporter emits anyway;
+    anomalib's default 14 makes it print a failed down-conversion traceback).
+
+    Args:
+        checkpoint: The ``.ckpt`` file.
+        export_root: Folder; the files land in ``<export_root>/weights/<export_type>/``.
+        export_type: ``"torch"``, ``"onnx"`` or ``"openvino"``. Defaults to ``"openvino"``.
+        compression_type: OpenVINO only: ``"fp16"``, ``"int8"``, ``"int8_ptq"`` or ``"int8_acq"``.
+            Defaults to ``None`` (an FP32 IR).
+        datamodule: Calibration data for ``int8_ptq`` / ``int8_acq``. Defaults to ``None``.
+        input_size: Fixed ``(H, W)`` of the graph input; ``None`` keeps height and width dynamic (the graph
+            resizes any size). Defaults to ``None``.
+
+    Returns:
+        Path: The ``.pt``, ``.onnx`` or ``.xml`` file.
+    """
+    from anomalib.deploy import CompressionType, ExportType  # noqa: PLC0415
+
+    model = load_salad_checkpoint(checkpoint)
+    kind = ExportType(export_type)
+    if kind == ExportType.TORCH:
+        return model.to_torch(export_root)
+    onnx_kwargs = {"opset_version": 18}
+    if kind == ExportType.ONNX:
+        return model.to_onnx(export_root, input_size=input_size, **onnx_kwargs)
+    return model.to_openvino(
+        export_root,
+        input_size=input_size,
+        compression_type=CompressionType(compression_type) if compression_type else None,
+        datamodule=datamodule,
+        onnx_kwargs=onnx_kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inference with OpenVINO only (NumPy, Pillow, OpenVINO)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as anomalib does: RGB, float32 in ``[0, 1]``, shape ``(H, W, 3)``.
+
+    Grayscale files become three equal channels; the exported graph turns them back into one with weights
+    that sum to 1, as in training (anomalib's Folder dataset reads images the same way).
+
+    Args:
+        path: Image file.
+
+    Returns:
+        np.ndarray: ``(H, W, 3)`` float32.
+
+    Raises:
+        FileNotFoundError: If ``path`` is not a file.
+        InputImageError: If Pillow cannot decode it, or it is 16/32-bit (anomalib would clip it at 255).
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Image not found: {path}"
+        raise FileNotFoundError(msg)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode not in _EIGHT_BIT_MODES:
+                msg = (
+                    f"{path}: Pillow mode {mode!r} (16/32-bit) is not supported; anomalib's reader, used in "
+                    "training, clips such images at 255. Convert them to 8-bit (e.g. window and rescale) first."
+                )
+                raise InputImageError(msg)
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        msg = f"Cannot read {path} as an image ({type(error).__name__}: {error})"
+        raise InputImageError(msg) from error
+    return rgb / np.float32(255.0)
+
+
+def _as_float(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` as float32 in ``[0, 1]``: uint8 is divided by 255, floats must already be in range."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / np.float32(255.0)
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if not np.issubdtype(array.dtype, np.floating):
+        msg = f"{what} has dtype {array.dtype}; pass uint8 (0-255) or float in [0, 1]"
+        raise InputImageError(msg)
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        msg = f"{what} holds NaN or Inf values"
+        raise InputImageError(msg)
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    # No guessing from the value range (anomalib's inferencer divides by 255 when max > 1): say so instead.
+    if low < 0.0 or high > 1.0:
+        msg = f"{what} is float with values in [{low:g}, {high:g}]; float images must be in [0, 1] (divide by 255?)"
+        raise InputImageError(msg)
+    return array
+
+
+def _channels_hint(channels: int) -> str:
+    hints = {2: " (grayscale + alpha? use image[..., 0])", 4: " (RGBA? use image[..., :3])"}
+    return hints.get(channels, "")
+
+
+def _to_nchw(array: np.ndarray, what: str) -> np.ndarray:
+    """Layout of one image ``(H, W)``, ``(H, W, C)``, ``(C, H, W)`` or a batch ``(N, H, W, C)``, ``(N, C, H, W)``."""
+    shape = array.shape
+    if array.ndim == 2:
+        return array[None, None]
+    if array.ndim == 3:
+        if shape[-1] in {1, 3}:  # channels last first, as anomalib and PIL do
+            return array.transpose(2, 0, 1)[None]
+        if shape[0] in {1, 3}:
+            return array[None]
+        channels = shape[-1] if shape[-1] < shape[0] else shape[0]
+        msg = (
+            f"{what} has shape {shape}: expected (H, W), (H, W, C) or (C, H, W) with C = 1 (grayscale) or 3 (RGB), "
+            f"got {channels} channels{_channels_hint(channels)}"
+        )
+        raise InputImageError(msg)
+    if array.ndim == 4:
+        if shape[-1] in {1, 3}:
+            return array.transpose(0, 3, 1, 2)
+        if shape[1] in {1, 3}:
+            return array
+        channels = shape[-1] if shape[-1] < shape[1] else shape[1]
+        msg = (
+            f"{what} has shape {shape}: expected a batch (N, H, W, C) or (N, C, H, W) with C = 1 or 3, "
+            f"got {channels} channels{_channels_hint(channels)}"
+        )
+        raise InputImageError(msg)
+    msg = f"{what} has {array.ndim} dimensions (shape {shape}); expected an image (2 or 3) or a batch (4)"
+    raise InputImageError(msg)
+
+
+def to_model_input(image: str | Path | Image.Image | np.ndarray | Any) -> np.ndarray:
+    """Turn one image or a batch into the exported graph's input ``(N, 3, H, W)`` float32 in ``[0, 1]``.
+
+    Args:
+        image: A file path; a PIL image; an array (or anything ``np.asarray`` accepts, e.g. a CPU tensor) of
+            shape ``(H, W)``, ``(H, W, C)``, ``(C, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` 1 or
+            3, as uint8 (0-255) or float in ``[0, 1]``. Grayscale is repeated to three channels.
+
+    Returns:
+        np.ndarray: Contiguous ``(N, 3, H, W)`` float32.
+
+    Raises:
+        InputImageError: On a wrong channel count, rank, dtype or value range, or an unreadable file.
+        FileNotFoundError: If a path does not exist.
+    """
+    if isinstance(image, str | Path):
+        array, what = read_image(image), str(image)
+    elif isinstance(image, Image.Image):
+        if image.mode not in _EIGHT_BIT_MODES:
+            msg = f"PIL image of mode {image.mode!r} (16/32-bit) is not supported; convert it to 8-bit"
+            raise InputImageError(msg)
+        array, what = np.asarray(image.convert("RGB")), "PIL image"
+    else:
+        array, what = np.asarray(image), f"array of shape {np.shape(image)}"
+    batch = _to_nchw(_as_float(np.asarray(array), what), what)
+    if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
+        msg = f"{what} is empty"
+        raise InputImageError(msg)
+    if batch.shape[1] == 1:
+        batch = np.repeat(batch, 3, axis=1)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+@dataclass
+class SaladPrediction:
+    """Outputs of the exported graph for a batch of ``N`` images.
+
+    Attributes:
+        pred_score: ``(N,)`` normalised anomaly score in ``[0, 1]``; ``> 0.5`` is anomalous.
+        pred_label: ``(N,)`` bool, ``True`` for anomalous.
+        anomaly_map: ``(N, S, S)`` normalised ``|x - D(E(x))|`` at network resolution ``S``.
+        pred_mask: ``(N, S, S)`` bool, the map above its threshold, or ``None``.
+    """
+
+    pred_score: np.ndarray
+    pred_label: np.ndarray
+    anomaly_map: np.ndarray
+    pred_mask: np.ndarray | None = None
+
+
+class SaladInferencer:
+    """Run an exported SALAD model (OpenVINO IR or ONNX) with OpenVINO, NumPy and Pillow only.
+
+    Unlike ``anomalib.deploy.OpenVINOInferencer`` it imports no torch or anomalib, validates inputs with clear
+    messages (channel count, dtype, range, unreadable files), accepts grayscale arrays, never rescales by
+    guessing from pixel values, and does not create an ``openvino_cache`` folder in the working directory.
+
+    Args:
+        path: ``model.xml`` (with ``model.bin`` next to it) or ``model.onnx``.
+        device: OpenVINO device. Defaults to ``"CPU"``.
+        precision_hint: ``INFERENCE_PRECISION_HINT``: ``"f32"`` reproduces the torch model to ~1e-6; ``None``
+            keeps OpenVINO's default, which is ``bf16`` on CPUs with AVX512-BF16 or AMX even for an FP32 IR
+            (faster, scores drift by ~1e-2 relative). Defaults to ``"f32"``.
+        config: Further OpenVINO properties (e.g. ``{"PERFORMANCE_HINT": "THROUGHPUT"}``). Defaults to ``None``.
+
+    Raises:
+        FileNotFoundError: If the model file (or the ``.bin`` of an ``.xml``) is missing.
+        CheckpointError: If the file is not a model OpenVINO reads, or not a SALAD / anomalib export.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        precision_hint: PrecisionHint | None = "f32",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        import openvino as ov  # noqa: PLC0415  (importing this module must stay cheap)
+
+        path = Path(path)
+        if path.suffix not in {".xml", ".onnx"}:
+            msg = f"{path}: expected an OpenVINO IR (.xml) or ONNX (.onnx) file"
+            raise CheckpointError(msg)
+        for required in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+            if not required.is_file():
+                msg = f"Exported model file not found: {required}"
+                raise FileNotFoundError(msg)
+        core = ov.Core()
+        try:
+            model = core.read_model(path)
+        except RuntimeError as error:
+            msg = f"OpenVINO cannot read {path}: {str(error).strip().splitlines()[0]}"
+            raise CheckpointError(msg) from error
+        outputs = {name for output in model.outputs for name in output.get_names()}
+        if len(model.inputs) != 1 or not {"pred_score", "anomaly_map"} <= outputs:
+            msg = (
+                f"{path} is not an anomalib export of SALAD: it has {len(model.inputs)} input(s) and outputs "
+                f"{sorted(outputs)}, expected one image input and 'pred_score' and 'anomaly_map'"
+            )
+            raise CheckpointError(msg)
+        shape = model.inputs[0].get_partial_shape()
+        if shape.rank.is_static and (shape.rank.get_length() != 4 or not shape[1].compatible(ov.Dimension(3))):
+            msg = f"{path}: input shape {shape} is not (N, 3, H, W)"
+            raise CheckpointError(msg)
+        properties = dict(config or {})
+        if precision_hint is not None:
+            properties["INFERENCE_PRECISION_HINT"] = precision_hint
+        self.path = path
+        self.input_shape = shape
+        self.compiled_model = core.compile_model(model, device, properties)
+        self.device = device
+        precision = self.compiled_model.get_property("INFERENCE_PRECISION_HINT")
+        # "f32" / "bf16" / "f16": the precision the plugin actually chose, for logs and reports.
+        self.precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+
+    def _check_size(self, batch: np.ndarray) -> None:
+        shape = self.input_shape
+        for axis, name in ((0, "batch size"), (2, "height"), (3, "width")):
+            if shape.rank.is_static and shape[axis].is_static and shape[axis].get_length() != batch.shape[axis]:
+                msg = f"{self.path} was exported for {name} {shape[axis].get_length()}, got {batch.shape[axis]}"
+                raise InputImageError(msg)
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._check_size(batch)
+        result = self.compiled_model(batch)
+        return {next(iter(output.get_names())): np.asarray(value) for output, value in result.items()}
+
+    def predict(self, images: Any) -> SaladPrediction:
+        """Score one image, a batch array, or a list of images.
+
+        Args:
+            images: Anything :func:`to_model_input` takes, or a list / tuple of such single images. List items
+                of one size run as one batch; mixed sizes run one by one (the graph resizes each).
+
+        Returns:
+            SaladPrediction: One row per image, in input order.
+        """
+        if isinstance(images, list | tuple):
+            if not images:
+                msg = "No images to score"
+                raise InputImageError(msg)
+            batches = [to_model_input(image) for image in images]
+            if len({batch.shape[1:] for batch in batches}) == 1:
+                outputs = [self._infer(np.concatenate(batches))]
+            else:
+                outputs = [self._infer(batch) for batch in batches]
+            merged = {key: np.concatenate([output[key] for output in outputs]) for key in outputs[0]}
+        else:
+            merged = self._infer(to_model_input(images))
+        anomaly_map = merged["anomaly_map"]
+        pred_mask = merged.get("pred_mask")
+        return SaladPrediction(
+            pred_score=merged["pred_score"].reshape(-1).astype(np.float32),
+            pred_label=merged.get("pred_label", merged["pred_score"] > 0.5).reshape(-1).astype(bool),
+            anomaly_map=anomaly_map.reshape(anomaly_map.shape[0], *anomaly_map.shape[-2:]).astype(np.float32),
+            pred_mask=None if pred_mask is None else pred_mask.reshape(pred_mask.shape[0], *pred_mask.shape[-2:]) != 0,
+        )
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """Jet colour map of values in ``[0, 1]`` as float RGB in ``[0, 1]`` (no matplotlib/OpenCV needed)."""
+    values = np.clip(values, 0.0, 1.0)[..., None]
+    centers = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # red, green, blue
+    return np.clip(1.5 - np.abs(4.0 * (values - centers)), 0.0, 1.0)
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Blend a jet-coloured anomaly map, resized to the image, over the image.
+
+    Args:
+        image: ``(H, W, 3)`` or ``(H, W)`` uint8, or float in ``[0, 1]``.
+        anomaly_map: ``(h, w)`` map in ``[0, 1]`` (the normalised map; 0.5 is the pixel threshold).
+        alpha: Weight of the heat map. Defaults to ``0.4``.
+
+    Returns:
+        np.ndarray: ``(H, W, 3)`` uint8.
+    """
+    rgb = np.asarray(image, dtype=np.float32)
+    if np.asarray(image).dtype == np.uint8:
+        rgb = rgb / 255.0
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
+    height, width = rgb.shape[:2]
+    resized = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32)).resize(
+        (width, height),
+        Image.Resampling.BILINEAR,
+    )
+    blended = (1.0 - alpha) * rgb + alpha * _jet(np.asarray(resized))
+    return (np.clip(blended, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files directly in ``folder`` (or ``[folder]`` if it is a file), sorted by name.
+
+    Args:
+        folder: A folder or one image file.
+        extensions: Suffixes to accept, lower case. Defaults to common image formats.
+
+    Returns:
+        list[Path]: The files.
+
+    Raises:
+        FileNotFoundError: If ``folder`` does not exist or holds no images.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        msg = f"Input folder not found: {folder}"
+        raise FileNotFoundError(msg)
+    files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in extensions)
+    if not files:
+        msg = f"No images with suffix {list(extensions)} in {folder}"
+        raise FileNotFoundError(msg)
+    return files

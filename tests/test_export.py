@@ -1,0 +1,439 @@
+"""Export and OpenVINO deployment of SALAD: exports from a reloaded checkpoint, graph contents, parity, bad input.
+
+One tiny model is trained once per module (a second or two); exports run in fresh processes, as a user
+would run them after training. Parity tests pin ``INFERENCE_PRECISION_HINT=f32``: OpenVINO's CPU default
+on these machines (AVX512-BF16) is bf16, which moves normalised scores by ~5e-2.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import numpy as np
+import onnx
+import openvino as ov
+import pytest
+import torch
+from anomalib.data import Folder
+from anomalib.deploy import CompressionType, ExportType, OpenVINOInferencer
+from anomalib.engine import Engine
+from anomalib.models import Padim
+from PIL import Image, UnidentifiedImageError
+
+from anomalib_salad import Salad
+from anomalib_salad.deploy import (
+    CheckpointError,
+    InputImageError,
+    SaladInferencer,
+    export_salad,
+    load_salad_checkpoint,
+    read_image,
+    to_model_input,
+)
+
+from .conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tolerance of OpenVINO f32 against torch on the normalised outputs. Both run f32 but with different
+# kernels and summation orders (oneDNN vs ATen): ~1e-6 relative on the raw score after 17 conv/norm
+# layers; normalisation divides by (max - min) of the validation scores, which amplifies this ~10x for a
+# barely trained model. 1e-4 relative + 2e-5 absolute leaves headroom yet catches bf16 (~5e-2) and any
+# pre-processing mismatch (e.g. antialiased vs plain bicubic, ~1e-1).
+RTOL, ATOL = 1e-4, 2e-5
+
+EXPORT_IN_NEW_PROCESS = """
+import json, sys
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
+from anomalib_salad import Salad
+checkpoint, root, tiny = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+engine = Engine(default_root_dir=root, logger=False)
+paths = {}
+for kind in (ExportType.TORCH, ExportType.ONNX, ExportType.OPENVINO):
+    onnx_kwargs = None if kind == ExportType.TORCH else {"opset_version": 18}
+    path = engine.export(model=Salad(**tiny), export_type=kind, export_root=root, ckpt_path=checkpoint,
+                         onnx_kwargs=onnx_kwargs)
+    paths[kind.value] = str(path)
+print("PATHS=" + json.dumps(paths))
+"""
+
+
+def _run(command: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    environment = os.environ | {"PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        command, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _folder(root: Path) -> Folder:
+    return Folder(name="tiny", root=root, normal_dir="train/normal", abnormal_dir="test/abnormal",
+                  normal_test_dir="test/normal", train_batch_size=16, eval_batch_size=16, num_workers=0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SALAD (with discriminators and restoration decoder) trained for one epoch."""
+    torch.manual_seed(0)
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path_factory.mktemp("run"), logger=False,
+                    enable_progress_bar=False)
+    engine.fit(Salad(**TINY), datamodule=_folder(tiny_scans))
+    return Path(engine.trainer.checkpoint_callback.best_model_path)
+
+
+@pytest.fixture(scope="module")
+def exports(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """TORCH, ONNX and OPENVINO exports made by ``Engine.export(ckpt_path=...)`` in a new process."""
+    root = tmp_path_factory.mktemp("export")
+    tiny = json.dumps({key: list(value) if isinstance(value, tuple) else value for key, value in TINY.items()})
+    result = _run([sys.executable, "-c", EXPORT_IN_NEW_PROCESS, str(checkpoint), str(root), tiny], cwd=root)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("PATHS="))
+    return {kind: Path(path) for kind, path in json.loads(line.removeprefix("PATHS=")).items()}
+
+
+@pytest.fixture(scope="module")
+def torch_model(checkpoint: Path) -> Salad:
+    return load_salad_checkpoint(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def inferencer(exports: dict[str, Path]) -> SaladInferencer:
+    return SaladInferencer(exports["openvino"], device="CPU", precision_hint="f32")
+
+
+@pytest.fixture(scope="module")
+def images(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Grayscale scans as they are, and tinted RGB copies of another size (the graph resizes them)."""
+    gray = sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:3] + sorted(
+        (tiny_scans / "test" / "normal").glob("*.png"),
+    )[:3]
+    folder = tmp_path_factory.mktemp("rgb")
+    rgb = []
+    for index, path in enumerate(gray):
+        value = np.asarray(Image.open(path), dtype=np.float32)
+        tinted = np.stack([value, value * 0.8, value * 0.6], axis=-1).round().astype(np.uint8)
+        rgb.append(folder / f"rgb_{index}.png")
+        Image.fromarray(tinted).resize((48, 40), Image.Resampling.BILINEAR).save(rgb[-1])
+    return {"gray": gray, "rgb": rgb}
+
+
+def _torch_predict(model: Salad, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The reloaded model's full forward: pre-processor, network, post-processor."""
+    with torch.no_grad():
+        output = model(torch.from_numpy(batch))
+    return {
+        "pred_score": output.pred_score.numpy(),
+        "pred_label": output.pred_label.numpy().astype(bool),
+        "anomaly_map": output.anomaly_map.numpy()[:, 0],
+    }
+
+
+def _assert_parity(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None, reference: dict) -> None:
+    np.testing.assert_allclose(scores, reference["pred_score"], rtol=RTOL, atol=ATOL)
+    # A score within the tolerance of the threshold (0.5) may fall either side in f32; every other label must match.
+    decided = np.abs(reference["pred_score"] - 0.5) > 10 * ATOL
+    np.testing.assert_array_equal(labels[decided], reference["pred_label"][decided])
+    if maps is not None:
+        np.testing.assert_allclose(maps, reference["anomaly_map"], rtol=RTOL, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export from a reloaded checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_engine_export_from_checkpoint_in_new_process(exports: dict[str, Path], torch_model: Salad) -> None:
+    assert exports["torch"].suffix == ".pt"
+    assert exports["onnx"].suffix == ".onnx"
+    assert exports["openvino"].with_suffix(".bin").is_file()
+    # The pre-processing is inside the graph: bicubic resize from any size, then (x - 0.5) / 0.5.
+    graph = onnx.load(exports["onnx"], load_external_data=False).graph
+    resize = [node for node in graph.node if node.op_type == "Resize"]
+    assert len(resize) == 1
+    assert {a.name: a.s for a in resize[0].attribute}["mode"] == b"cubic"
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][1] == 3
+    ir = ov.Core().read_model(exports["openvino"])
+    assert [op.get_type_name() for op in ir.get_ordered_ops()].count("Interpolate") == 1
+    assert str(ir.inputs[0].get_partial_shape()) == "[?,3,?,?]"
+    # The torch export pickles the whole module; it runs like the checkpoint.
+    exported = torch.load(exports["torch"], weights_only=False)["model"].eval()
+    batch = to_model_input(np.random.default_rng(0).random((2, 40, 48, 3), dtype=np.float32))
+    reference = _torch_predict(torch_model, batch)
+    np.testing.assert_allclose(_torch_predict(exported, batch)["pred_score"], reference["pred_score"], rtol=1e-6)
+
+
+def test_cli_export_openvino_from_checkpoint(
+    checkpoint: Path,
+    tmp_path: Path,
+    torch_model: Salad,
+    images: dict[str, list[Path]],
+) -> None:
+    command = [str(Path(sys.executable).with_name("anomalib")), "export", "--model", "anomalib_salad.Salad",
+               "--export_type", "openvino", "--ckpt_path", str(checkpoint), "--default_root_dir", str(tmp_path)]
+    _run(command, cwd=tmp_path)
+    xml = tmp_path / "weights" / "openvino" / "model.xml"
+    prediction = SaladInferencer(xml).predict(images["gray"])
+    reference = _torch_predict(torch_model, to_model_input(np.stack([read_image(p) for p in images["gray"]])))
+    _assert_parity(prediction.pred_score, prediction.pred_label, prediction.anomaly_map, reference)
+
+
+def test_graph_holds_only_the_inference_path(exports: dict[str, Path]) -> None:
+    reference = Salad(**TINY).model
+    assert reference.image_discriminator is not None
+    assert reference.restoration_decoder is not None
+    inference_parameters = sum(p.numel() for m in (reference.encoder, reference.decoder) for p in m.parameters())
+    ir = ov.Core().read_model(exports["openvino"])
+    constants = [op for op in ir.get_ordered_ops() if op.get_type_name() == "Constant"]
+    float_values = sum(
+        int(np.prod(op.get_output_shape(0))) for op in constants if op.get_output_element_type(0).is_real()
+    )
+    # Encoder and decoder, plus a few scalars (Normalize, thresholds, slopes); the restoration decoder alone
+    # has as many weights as the decoder, and the discriminators > 1000.
+    assert inference_parameters <= float_values < inference_parameters + 200
+    names = {name for op in constants for name in op.output(0).get_names()}
+    assert any(name.startswith("model.encoder.") for name in names)
+    assert any(name.startswith("model.decoder.") for name in names)
+    assert not [name for name in names if "discriminator" in name or "restoration" in name]
+    # Encoder twice (E(x) and E(D(E(x)))), decoder once; no PatchGAN convolutions.
+    op_types = [op.get_type_name() for op in ir.get_ordered_ops()]
+    levels = 5  # log2(32)
+    assert op_types.count("Convolution") == 2 * levels
+    assert op_types.count("ConvolutionBackpropData") == levels
+    onnx_names = [init.name for init in onnx.load(exports["onnx"], load_external_data=False).graph.initializer]
+    assert not [name for name in onnx_names if "discriminator" in name or "restoration" in name]
+
+
+def test_int8_ptq_export(checkpoint: Path, tiny_scans: Path, tmp_path: Path, exports: dict[str, Path]) -> None:
+    path = Engine(default_root_dir=tmp_path, logger=False).export(
+        model=Salad(**TINY),
+        export_type=ExportType.OPENVINO,
+        export_root=tmp_path,
+        ckpt_path=checkpoint,
+        compression_type=CompressionType.INT8_PTQ,
+        datamodule=_folder(tiny_scans),
+        onnx_kwargs={"opset_version": 18},
+    )
+    ops = [op.get_type_name() for op in ov.Core().read_model(path).get_ordered_ops()]
+    assert "FakeQuantize" in ops
+    prediction = SaladInferencer(path).predict(sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:4])
+    assert np.isfinite(prediction.pred_score).all()
+    assert ((prediction.pred_score >= 0) & (prediction.pred_score <= 1)).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parity: OpenVINO (f32) against the reloaded torch model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgb"])
+def test_parity_single_image_paths(
+    kind: str,
+    images: dict[str, list[Path]],
+    torch_model: Salad,
+    inferencer: SaladInferencer,
+    exports: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # anomalib's inferencer creates ./openvino_cache
+    anomalib_inferencer = OpenVINOInferencer(exports["openvino"], device="CPU",
+                                             config={"INFERENCE_PRECISION_HINT": "f32"})
+    for path in images[kind]:
+        reference = _torch_predict(torch_model, to_model_input(read_image(path)))
+        ours = inferencer.predict(path)
+        _assert_parity(ours.pred_score, ours.pred_label, ours.anomaly_map, reference)
+        theirs = anomalib_inferencer.predict(path)
+        _assert_parity(
+            np.ravel(theirs.pred_score),
+            np.ravel(theirs.pred_label).astype(bool),
+            np.asarray(theirs.anomaly_map).reshape(reference["anomaly_map"].shape),
+            reference,
+        )
+
+
+def test_parity_numpy_arrays(images: dict[str, list[Path]], torch_model: Salad, inferencer: SaladInferencer) -> None:
+    path = images["gray"][0]
+    gray_uint8 = np.asarray(Image.open(path))
+    assert gray_uint8.ndim == 2
+    reference = _torch_predict(torch_model, to_model_input(read_image(path)))
+    for array in (gray_uint8, gray_uint8[..., None], gray_uint8[None], np.repeat(gray_uint8[..., None], 3, axis=-1),
+                  gray_uint8.astype(np.float32) / 255, Image.open(path)):
+        prediction = inferencer.predict(array)
+        _assert_parity(prediction.pred_score, prediction.pred_label, prediction.anomaly_map, reference)
+
+
+def test_parity_batches(images: dict[str, list[Path]], torch_model: Salad, inferencer: SaladInferencer) -> None:
+    for kind in ("gray", "rgb"):
+        stacked = np.stack([read_image(path) for path in images[kind]])  # (N, H, W, 3)
+        reference = _torch_predict(torch_model, to_model_input(stacked))
+        for batch in (stacked, stacked.transpose(0, 3, 1, 2), images[kind]):
+            prediction = inferencer.predict(batch)
+            assert prediction.pred_score.shape == (len(images[kind]),)
+            _assert_parity(prediction.pred_score, prediction.pred_label, prediction.anomaly_map, reference)
+    # Mixed sizes in one list run one by one, in order.
+    mixed = [images["gray"][0], images["rgb"][0], images["gray"][1]]
+    prediction = inferencer.predict(mixed)
+    expected = np.concatenate([inferencer.predict(path).pred_score for path in mixed])
+    np.testing.assert_array_equal(prediction.pred_score, expected)
+
+
+def test_default_precision_is_reported(exports: dict[str, Path]) -> None:
+    # On CPUs with AVX512-BF16/AMX OpenVINO picks bf16 unless told otherwise; f32 must stick when asked for.
+    assert SaladInferencer(exports["openvino"], precision_hint="f32").precision == "f32"
+    assert SaladInferencer(exports["openvino"], precision_hint=None).precision in {"f32", "bf16"}
+
+
+def test_example_script_scores_a_folder_without_torch(
+    exports: dict[str, Path],
+    images: dict[str, list[Path]],
+    inferencer: SaladInferencer,
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in images["gray"][:2] + images["rgb"][:2]:
+        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    (folder / "broken.png").write_text("not an image")
+    out = tmp_path / "out"
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['deploy_openvino.py', '--model', {str(exports['openvino'])!r}, '--input', {str(folder)!r},"
+        f" '--output', {str(out)!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'examples' / 'deploy_openvino.py')!r}, run_name='__main__')\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 1, done.code  # the broken file is skipped and reported\n"
+        "assert 'torch' not in sys.modules and 'anomalib' not in sys.modules, 'training stack imported'\n"
+    )
+    result = _run([sys.executable, "-c", script], cwd=tmp_path)
+    assert "broken.png" in result.stderr
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,score,label"
+    assert len(rows) == 5
+    for row in rows[1:]:
+        path, score, label = row.split(",")
+        expected = inferencer.predict(path)
+        assert float(score) == pytest.approx(float(expected.pred_score[0]), abs=1e-6)
+        assert label == ("anomalous" if expected.pred_label[0] else "normal")
+        overlay = Image.open(out / f"{Path(path).stem}_overlay.png")
+        assert overlay.size == Image.open(path).size
+        assert overlay.mode == "RGB"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: wrong checkpoints, missing files, wrong channel counts, unreadable images
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    padim = Padim(backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=8)
+    files = {name: root / f"{name}.ckpt" for name in ("padim", "plain", "state_dict", "garbage", "empty")}
+    torch.save({"state_dict": padim.state_dict(), "hyper_parameters": dict(padim.hparams),
+                "pytorch-lightning_version": lightning.__version__}, files["padim"])
+    torch.save({"weights": torch.zeros(3), "epoch": 3}, files["plain"])
+    torch.save(Salad(**TINY).state_dict(), files["state_dict"])
+    files["garbage"].write_text("not a checkpoint")
+    files["empty"].write_bytes(b"")
+    return files
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("padim", r"not written by Salad.*model\.feature_extractor"),
+        ("plain", r"dict with keys \['epoch', 'weights'\].*not a Lightning checkpoint"),
+        ("state_dict", r"bare state_dict of \d+ tensors"),
+        ("garbage", r"not a readable PyTorch checkpoint"),
+        ("empty", r"not a readable PyTorch checkpoint"),
+    ],
+)
+def test_wrong_checkpoint_is_named(name: str, message: str, bad_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        load_salad_checkpoint(bad_checkpoints[name])
+    with pytest.raises(CheckpointError, match=message):
+        export_salad(bad_checkpoints[name], tmp_path)
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.ckpt"
+    # anomalib's own error already names the file.
+    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt"):
+        Salad.load_from_checkpoint(missing)
+    with pytest.raises(FileNotFoundError, match="Salad checkpoint not found"):
+        load_salad_checkpoint(missing)
+
+
+def test_missing_or_wrong_exported_model(exports: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"model\.xml"):
+        SaladInferencer(tmp_path / "model.xml")
+    lonely = tmp_path / "lonely.xml"
+    lonely.write_bytes(exports["openvino"].read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"lonely\.bin"):
+        SaladInferencer(lonely)
+    with pytest.raises(CheckpointError, match=r"expected an OpenVINO IR"):
+        SaladInferencer(exports["torch"])
+    # An OpenVINO model that is not an anomalib export.
+    parameter = ov.opset13.parameter([1, 3, 8, 8], ov.Type.f32, name="x")
+    other = ov.Model([ov.opset13.relu(parameter)], [parameter], "other")
+    ov.save_model(other, tmp_path / "other.xml")
+    with pytest.raises(CheckpointError, match=r"not an anomalib export of SALAD"):
+        SaladInferencer(tmp_path / "other.xml")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(32, 32, 2), (32, 32, 4), (2, 32, 32), (4, 32, 32), (2, 32, 32, 4), (2, 4, 32, 32), (1, 2, 32, 32, 3)],
+)
+def test_wrong_channel_count(shape: tuple[int, ...], inferencer: SaladInferencer) -> None:
+    array = np.zeros(shape, dtype=np.uint8)
+    match = r"5 dimensions" if len(shape) == 5 else r"got (2|4) channels"
+    with pytest.raises(InputImageError, match=match):
+        inferencer.predict(array)
+
+
+def test_anomalib_inferencer_error_on_four_channels_is_obscure(exports: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Why SaladInferencer validates: anomalib passes (1, H, W, 4) on and OpenVINO rejects the shape.
+    monkeypatch.chdir(tmp_path)
+    anomalib_inferencer = OpenVINOInferencer(exports["openvino"], device="CPU")
+    with pytest.raises(RuntimeError, match="incompatible"):
+        anomalib_inferencer.predict(np.zeros((32, 32, 4), dtype=np.float32))
+
+
+def test_bad_values(inferencer: SaladInferencer) -> None:
+    with pytest.raises(InputImageError, match=r"must be in \[0, 1\]"):
+        inferencer.predict(np.full((32, 32, 3), 200.0, dtype=np.float32))
+    with pytest.raises(InputImageError, match="NaN"):
+        inferencer.predict(np.full((32, 32), np.nan, dtype=np.float32))
+    with pytest.raises(InputImageError, match="dtype int64"):
+        inferencer.predict(np.zeros((32, 32), dtype=np.int64))
+    with pytest.raises(InputImageError, match="No images"):
+        inferencer.predict([])
+
+
+def test_unreadable_images(tmp_path: Path, inferencer: SaladInferencer, exports: dict[str, Path],
+                           images: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch) -> None:
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(images["gray"][0].read_bytes()[:100])
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((32, 32), 4000, dtype=np.uint16)).save(deep)
+    with pytest.raises(InputImageError, match=r"Cannot read .*text\.png"):
+        inferencer.predict(text)
+    with pytest.raises(InputImageError, match=r"Cannot read .*truncated\.png"):
+        inferencer.predict(truncated)
+    with pytest.raises(InputImageError, match="16/32-bit"):
+        inferencer.predict(deep)
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        inferencer.predict(tmp_path / "missing.png")
+    # anomalib's own reader already names an undecodable file clearly.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnidentifiedImageError, match=r"text\.png"):
+        OpenVINOInferencer(exports["openvino"], device="CPU").predict(text)
