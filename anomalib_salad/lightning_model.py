@@ -29,11 +29,13 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from .image_io import ImageFileCheck
 from .loss import (
     CenterLoss,
     GeneratorLoss,
@@ -243,6 +245,17 @@ class Salad(AnomalibModule):
         val_metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
         return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
 
+    def configure_callbacks(self) -> list[Callback]:
+        """The callbacks of anomalib's components plus :class:`~anomalib_salad.image_io.ImageFileCheck`.
+
+        The check decodes every image of the run's datasets once, before the first batch, and names each file that
+        cannot be read or that anomalib's reader would clip (16-bit); anomalib alone fails only at the batch that
+        holds a bad file, for truncated files without naming it, and clips 16-bit files silently.
+        """
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        return [*callbacks, ImageFileCheck()]
+
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """Manual optimisation forbids gradient clipping by the trainer; the sanity check would fit nothing."""
@@ -282,8 +295,23 @@ class Salad(AnomalibModule):
             read_salad_checkpoint(checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Refuse a replaced ``configure_optimizers`` (``--optimizer`` / ``--lr_scheduler`` on the CLI).
+
+        The CLI installs its optimizer by assigning ``model.configure_optimizers``; Lightning would later fail on
+        it with an unrelated ``AttributeError``, or train with one optimizer that SALAD's steps cannot use.
+        """
+        if name == "configure_optimizers":
+            msg = (
+                "Salad trains a generator and two discriminators with two optimizers and its own schedule; "
+                "a single --optimizer/--lr_scheduler from the command line cannot be honoured. Remove it and set "
+                "--model.lr, --model.beta1, --model.beta2 or --model.constant_lr_fraction instead."
+            )
+            raise ValueError(msg)
+        super().__setattr__(name, value)
+
     def setup(self, stage: str) -> None:
-        """Refuse a replaced ``configure_optimizers`` and prepare DDP for alternating updates.
+        """Prepare DDP for alternating updates.
 
         Runs before Lightning wraps the module in DDP. Each of SALAD's two backward passes leaves the other
         side's parameters without gradients, which plain DDP rejects, so unused-parameter detection is enabled.
@@ -293,13 +321,6 @@ class Salad(AnomalibModule):
         if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
             logger.info("Salad: enabling DDP find_unused_parameters (generator and discriminators update in turn)")
             strategy._ddp_kwargs["find_unused_parameters"] = True
-        if "configure_optimizers" in vars(self):
-            msg = (
-                "Salad trains a generator and two discriminators with two optimizers and its own schedule; "
-                "a single --optimizer/--lr_scheduler from the command line cannot be honoured. Remove it and set "
-                "--model.lr, --model.beta1, --model.beta2 or --model.constant_lr_fraction instead."
-            )
-            raise ValueError(msg)
 
     def configure_optimizers(self) -> tuple[list[optim.Optimizer], list[optim.lr_scheduler.LRScheduler]]:
         """Adam for the generator side and, with adversarial training, Adam for the discriminators.

@@ -27,6 +27,17 @@ from torch import Tensor
 __all__ = ["RandomBezierIntensity", "RandomInPainting", "RandomLocalPixelShuffle", "RandomProxyTask"]
 
 
+class _ProxyTask(IntensityAugmentationBase2D):
+    """Base of the proxy tasks: refuses NaN/Inf images, which no task can restore (kornia checks dtype and rank)."""
+
+    def forward(self, input: Tensor, params: dict[str, Tensor] | None = None, **kwargs: Any) -> Tensor:  # noqa: A002
+        """Check the images, then run kornia's forward."""
+        if isinstance(input, Tensor) and input.is_floating_point() and not torch.isfinite(input).all():
+            msg = f"{type(self).__name__} expects images in [0, 1]; got NaN or Inf values in shape {tuple(input.shape)}"
+            raise ValueError(msg)
+        return super().forward(input, params, **kwargs)
+
+
 def _random_boxes(
     batch_size: int,
     num_tiles: int,
@@ -68,7 +79,7 @@ def _box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
     return (rows >= top) & (rows < top + tile_h) & (cols >= left) & (cols < left + tile_w)
 
 
-class RandomInPainting(IntensityAugmentationBase2D):
+class RandomInPainting(_ProxyTask):
     """Fill random tiles with uniform noise (SALAD Sec. III-C a).
 
     The paper crops five tiles whose area lies in ``[WH/64, WH/25]``. Drawing each side uniformly from
@@ -122,7 +133,7 @@ class RandomInPainting(IntensityAugmentationBase2D):
         return torch.where(mask, noise, input)
 
 
-class RandomLocalPixelShuffle(IntensityAugmentationBase2D):
+class RandomLocalPixelShuffle(_ProxyTask):
     """Shuffle pixels inside many small tiles (SALAD Sec. III-C b, after Models Genesis).
 
     The paper samples 300 tiles of 1 to ``WH/100`` pixels. Each side is drawn from ``[1, side/10]``, so the
@@ -162,6 +173,8 @@ class RandomLocalPixelShuffle(IntensityAugmentationBase2D):
     ) -> Tensor:
         """Permute the pixels of every tile with one scatter over the whole batch."""
         del flags, transform
+        if input.numel() == 0:  # empty batch or no channels: nothing to shuffle
+            return input.clone()
         batch, channels, height, width = input.shape
         boxes = params["boxes"].to(input.device)
         num_tiles = boxes.shape[1]
@@ -195,7 +208,7 @@ class RandomLocalPixelShuffle(IntensityAugmentationBase2D):
         return out[..., : height * width].reshape_as(input)
 
 
-class RandomBezierIntensity(IntensityAugmentationBase2D):
+class RandomBezierIntensity(_ProxyTask):
     """Map intensities through a random cubic Bezier curve (SALAD Sec. III-C c, after Models Genesis).
 
     The curve runs from ``(0, 0)`` to ``(1, 1)`` through two random control points, as in Models Genesis'
@@ -248,6 +261,8 @@ class RandomBezierIntensity(IntensityAugmentationBase2D):
     ) -> Tensor:
         """Interpolate every pixel on its image's curve."""
         del flags, transform
+        if input.numel() == 0:  # empty batch or no channels: no pixel to map
+            return input.clone()
         params = {key: value.to(input.device) for key, value in params.items()}
         x, y = self.curves(params)
         x, y = x.to(input.dtype), y.to(input.dtype)
@@ -259,7 +274,7 @@ class RandomBezierIntensity(IntensityAugmentationBase2D):
         return (y0 + weight * (y1 - y0)).reshape_as(input)
 
 
-class RandomProxyTask(IntensityAugmentationBase2D):
+class RandomProxyTask(_ProxyTask):
     """Perturb each image with one proxy task chosen at random (SALAD Sec. III-C).
 
     Args:
@@ -293,6 +308,8 @@ class RandomProxyTask(IntensityAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """Choose a task index per image."""
+        if batch_shape[0] == 0:  # multinomial cannot draw zero samples
+            return {"task": torch.zeros(0, dtype=torch.long, device=self.device)}
         choice = torch.multinomial(self.weights.to(self.device), batch_shape[0], replacement=True)
         return {"task": choice}
 

@@ -287,8 +287,18 @@ class SaladModel(nn.Module):
             Tensor: ``(B, 1, S, S)``.
 
         Raises:
-            ValueError: On a wrong rank, channel count or size.
+            TypeError: If ``images`` is not a floating-point tensor.
+            ValueError: On a wrong rank, channel count or size, or NaN/Inf values.
         """
+        if not isinstance(images, Tensor):
+            msg = f"SALAD expects a torch.Tensor batch of images, got {type(images).__name__}"
+            raise TypeError(msg)
+        if not images.is_floating_point():
+            msg = (
+                f"SALAD expects floating-point images in [-1, 1], got dtype {images.dtype}; convert them first "
+                "(uint8: images.float() / 127.5 - 1) or pass [0, 1] images through Salad's pre-processor"
+            )
+            raise TypeError(msg)
         if images.ndim != 4:
             msg = f"SALAD expects a batch of shape (B, C, H, W), got shape {tuple(images.shape)}"
             raise ValueError(msg)
@@ -302,6 +312,12 @@ class SaladModel(nn.Module):
                 "resize in the pre-processor (Salad.configure_pre_processor does) or build it with that image_size"
             )
             raise ValueError(msg)
+        # Reads values, so not while torch.export / torch.compile traces (a graph cannot branch on data).
+        if not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.isfinite(images).all():
+            msg = f"SALAD got NaN or Inf pixel values in a batch of shape {tuple(images.shape)}"
+            raise ValueError(msg)
+        if images.dtype != self.center.dtype:  # float16/float64 input on a float32 model (dtype is static)
+            images = images.to(self.center.dtype)
         return rgb_to_grayscale(images) if channels == 3 else images
 
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:

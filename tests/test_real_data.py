@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from anomalib.data import Folder
 from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
 
 from anomalib_salad import Salad
 
@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from medmnist_to_folder import convert
 
 NPZ = SHARED_DATA / "pneumoniamnist" / "pneumoniamnist.npz"
-# Measured on 2 CPU cores (see docs/results.md): test image AUROC 0.XXX after 3 epochs with seed 0.
-AUROC_FLOOR = 0.0
+# Measured on 2 CPU cores (docs/results.md): test image AUROC 0.5695 after 3 epochs with seed 0, the same on
+# every run of this machine. Short adversarial training is volatile: the same settings reached 0.829 from the
+# CLI's seeding path and 0.43 after 5 epochs, so the floor only says "learned something", not "good".
+AUROC_FLOOR = 0.53
 
 
 @pytest.mark.slow
@@ -25,7 +27,7 @@ AUROC_FLOOR = 0.0
 def test_pneumoniamnist_short_training(tmp_path: Path) -> None:
     counts = convert(NPZ, tmp_path / "pneumoniamnist")
     assert counts == {"train/normal": 1214, "test/normal": 234, "test/abnormal": 390}
-    torch.manual_seed(0)
+    seed_everything(0)
     datamodule = Folder(name="pneumoniamnist", root=tmp_path / "pneumoniamnist", normal_dir="train/normal",
                         abnormal_dir="test/abnormal", normal_test_dir="test/normal", train_batch_size=64,
                         eval_batch_size=128, num_workers=0, seed=0)

@@ -1,0 +1,71 @@
+"""AUROC of a trained SALAD checkpoint in torch, as an FP32 OpenVINO IR and as an INT8 (NNCF PTQ) IR.
+
+Exports both IRs from the checkpoint (INT8 calibrated on the training images of the Folder dataset), scores
+every test image with each, and prints the image AUROC and the largest score change, in one run.
+
+Usage:
+    python benchmarks/int8_accuracy.py --ckpt runs/benchmark/braintumor_cpu/checkpoints/<run>.ckpt \
+        --root ../shared/data/braintumor
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.data import Folder
+from torchmetrics.functional.classification import binary_auroc
+
+from anomalib_salad.deploy import SaladInferencer, export_salad, list_images, load_salad_checkpoint, read_image
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Image AUROC of raw scores."""
+    return float(binary_auroc(torch.from_numpy(scores).float(), torch.from_numpy(labels).int()))
+
+
+def main() -> None:
+    """Export, score and compare."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, type=Path)
+    parser.add_argument("--root", required=True, type=Path, help="Folder dataset: train/normal, test/{normal,abnormal}")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    paths = list_images(args.root / "test" / "normal") + list_images(args.root / "test" / "abnormal")
+    labels = np.array([p.parent.name == "abnormal" for p in paths])
+    images = np.stack([read_image(p) for p in paths])  # (N, H, W, 3) float in [0, 1]
+    batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+
+    model = load_salad_checkpoint(args.ckpt)
+    with torch.no_grad():
+        torch_scores = np.concatenate(
+            [model(torch.from_numpy(b).permute(0, 3, 1, 2).contiguous()).pred_score.numpy() for b in batches]
+        )
+    results = {"torch fp32": torch_scores}
+    calibration = Folder(name="calibration", root=args.root, normal_dir="train/normal",
+                         abnormal_dir="test/abnormal", normal_test_dir="test/normal", train_batch_size=32,
+                         eval_batch_size=32, num_workers=0, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, compression in (("openvino fp32 IR (f32)", None), ("openvino int8 IR (f32)", "int8_ptq")):
+            start = time.perf_counter()
+            xml = export_salad(args.ckpt, Path(tmp) / name.split()[1], "openvino", compression_type=compression,
+                               datamodule=calibration if compression else None)
+            size_mb = xml.with_suffix(".bin").stat().st_size / 1e6
+            print(f"exported {name} in {time.perf_counter() - start:.0f} s ({size_mb:.1f} MB)")
+            inferencer = SaladInferencer(xml, precision_hint="f32")
+            results[name] = np.concatenate([inferencer.predict(b).pred_score for b in batches])
+
+    print(f"{len(paths)} test images ({labels.sum()} abnormal) from {args.root}")
+    print(f"{'model':<26} {'AUROC':>7} {'d AUROC':>8} {'max |d score|':>14}")
+    reference = auroc(results["torch fp32"], labels)
+    for name, scores in results.items():
+        value = auroc(scores, labels)
+        diff = np.abs(scores - results["torch fp32"]).max()
+        print(f"{name:<26} {value:>7.4f} {value - reference:>+8.4f} {diff:>14.2e}")
+
+
+if __name__ == "__main__":
+    main()

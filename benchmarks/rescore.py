@@ -1,0 +1,52 @@
+"""Score one trained SALAD checkpoint with each anomaly score of Table V (A_F, A_I, A_C) on a Folder test set.
+
+The three scores differ only at test time, so one trained model gives all three AUROCs, in one run.
+
+Usage:
+    python benchmarks/rescore.py --ckpt runs/benchmark/braintumor_cpu/checkpoints/<run>.ckpt \
+        --root ../shared/data/braintumor
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from anomalib.data import Folder
+from torchmetrics.functional.classification import binary_auroc
+
+from anomalib_salad.deploy import load_salad_checkpoint
+
+SCORES = {"feature": "A_F |E(x) - E(D(E(x)))|", "image": "A_I |x - D(E(x))|", "center": "A_C |E(x) - C|"}
+
+
+@torch.no_grad()
+def main() -> None:
+    """Load, score the whole test folder with each score, print AUROC and the normal/abnormal means."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, type=Path)
+    parser.add_argument("--root", required=True, type=Path, help="Folder dataset: train/normal, test/{normal,abnormal}")
+    args = parser.parse_args()
+
+    model = load_salad_checkpoint(args.ckpt)
+    datamodule = Folder(name="rescore", root=args.root, normal_dir="train/normal", abnormal_dir="test/abnormal",
+                        normal_test_dir="test/normal", eval_batch_size=64, num_workers=0, val_split_mode="none")
+    datamodule.setup()
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}
+    labels = []
+    for batch in datamodule.test_dataloader():
+        images = model.pre_processor.export_transform(batch.image)
+        for name in SCORES:
+            model.model.score = name
+            scores[name].append(model.model(images).pred_score)
+        labels.append(batch.gt_label)
+    target = torch.cat(labels).int()
+    print(f"{args.ckpt.name}: {len(target)} test images ({int(target.sum())} abnormal)")
+    print(f"{'score':<28} {'AUROC':>7} {'mean normal':>12} {'mean abnormal':>14}")
+    for name, label in SCORES.items():
+        values = torch.cat(scores[name])
+        print(f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
+              f"{float(values[target == 1].mean()):>14.5f}")
+
+
+if __name__ == "__main__":
+    main()
