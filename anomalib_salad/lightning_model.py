@@ -46,7 +46,7 @@ from .loss import (
 )
 from .metrics import AUROC, paper_metrics
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
-from .torch_model import SaladModel, ScoreType
+from .torch_model import NonFiniteInputError, SaladModel, ScoreType
 
 logger = logging.getLogger(__name__)
 
@@ -341,14 +341,15 @@ class Salad(AnomalibModule):
         return optimizers, [optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
 
     def _network_input(self, batch: Batch, stage: str) -> Tensor:
-        """Checked grayscale network input of a pre-processed batch."""
+        """Checked grayscale network input of a pre-processed batch; a NaN/Inf error names the image files."""
         images = batch.image
-        if not torch.isfinite(images).all():
+        try:
+            return self.model.to_network_input(images)
+        except NonFiniteInputError as error:
             bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
             paths = [batch.image_path[i] for i in bad] if batch.image_path is not None else bad
             msg = f"Salad {stage}: the batch holds NaN or Inf pixel values in image(s) {paths}"
-            raise ValueError(msg)
-        return self.model.to_network_input(images)
+            raise NonFiniteInputError(msg) from error
 
     def _generator_terms(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Every active generator-side loss term, and the samples the discriminator step needs."""

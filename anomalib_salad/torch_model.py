@@ -19,10 +19,22 @@ from anomalib.data import InferenceBatch
 from kornia.color import rgb_to_grayscale
 from torch import Tensor, nn
 
-__all__ = ["Decoder", "Encoder", "FeatureDiscriminator", "PatchDiscriminator", "SaladModel", "ScoreType"]
+__all__ = [
+    "Decoder",
+    "Encoder",
+    "FeatureDiscriminator",
+    "NonFiniteInputError",
+    "PatchDiscriminator",
+    "SaladModel",
+    "ScoreType",
+]
 
 ScoreType = Literal["feature", "image", "center"]
 MIN_IMAGE_SIZE = 32
+
+
+class NonFiniteInputError(ValueError):
+    """An image batch holds NaN or Inf values."""
 
 
 def num_levels(image_size: int) -> int:
@@ -315,7 +327,7 @@ class SaladModel(nn.Module):
         # Reads values, so not while torch.export / torch.compile traces (a graph cannot branch on data).
         if not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.isfinite(images).all():
             msg = f"SALAD got NaN or Inf pixel values in a batch of shape {tuple(images.shape)}"
-            raise ValueError(msg)
+            raise NonFiniteInputError(msg)
         if images.dtype != self.center.dtype:  # float16/float64 input on a float32 model (dtype is static)
             images = images.to(self.center.dtype)
         return rgb_to_grayscale(images) if channels == 3 else images

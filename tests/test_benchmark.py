@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Generator
 from pathlib import Path
 
 import pandas as pd
@@ -197,14 +198,19 @@ def test_summarize_by_hand() -> None:
     assert "run_id_mean" not in summary
 
 
-def test_a_broken_grid_point_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         request: pytest.FixtureRequest) -> None:
-    """A point whose model cannot be built fails; the others still run and are saved; the run reports failure."""
+@pytest.fixture
+def smoke_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Generator[dict, None, None]:
+    """The smoke grid's config, run from ``tmp_path`` with one torch thread (jobs run in this process)."""
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
-    config = load_config("smoke_synthetic.yaml")
+    yield load_config("smoke_synthetic.yaml")
+    torch.set_num_threads(threads)
+
+
+def test_a_broken_grid_point_fails_alone(tmp_path: Path, smoke_config: dict) -> None:
+    """A point whose model cannot be built fails; the others still run and are saved; the run reports failure."""
+    config = smoke_config
     good = config["benchmark"]["model"]["grid"][0]
     bad = {**good, "name": "broken", "init_args": {**good["init_args"], "image_size": 33}}
     config["benchmark"]["model"] = {"grid": [bad, good]}
@@ -215,14 +221,9 @@ def test_a_broken_grid_point_fails_alone(tmp_path: Path, monkeypatch: pytest.Mon
     assert list(results["model.name"]) == ["SALAD"]
 
 
-def test_threshold_is_fitted_without_validation_in_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        request: pytest.FixtureRequest) -> None:
+def test_threshold_is_fitted_without_validation_in_fit(tmp_path: Path, smoke_config: dict) -> None:
     """anomalib's Engine.test never validates a one-class model; the job does when fit did not."""
-    monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
-    config = load_config("smoke_synthetic.yaml")
+    config = smoke_config
     config["benchmark"]["model"] = config["benchmark"]["model"]["grid"][0]
     config["benchmark"]["seed"] = 0
     config["benchmark"]["trainer"] = {"max_epochs": 1, "check_val_every_n_epoch": 3}
