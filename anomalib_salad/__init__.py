@@ -11,10 +11,15 @@ Example:
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Salad", "SaladModel", "SyntheticScans"]
+__all__ = ["Salad", "SaladModel", "SaladOpenVINO", "SyntheticScans"]
 __version__ = "0.1.0"
 
-_HOMES = {"Salad": ".lightning_model", "SaladModel": ".torch_model", "SyntheticScans": ".data"}
+_HOMES = {
+    "Salad": ".lightning_model",
+    "SaladModel": ".torch_model",
+    "SaladOpenVINO": ".openvino_model",
+    "SyntheticScans": ".data",
+}
 
 
 def __getattr__(name: str) -> Any:

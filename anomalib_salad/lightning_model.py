@@ -46,7 +46,7 @@ from .loss import (
 )
 from .metrics import AUROC, paper_metrics
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
-from .torch_model import NonFiniteInputError, SaladModel, ScoreType
+from .torch_model import NonFiniteInputError, SaladModel, ScoreType, phase_decomposed
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +294,23 @@ class Salad(AnomalibModule):
 
             read_salad_checkpoint(checkpoint_path)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """Export to ONNX as anomalib does (also the first step of ``to_openvino``), with an OpenVINO-friendly decoder.
+
+        The decoder's transposed convolutions are exported as
+        :class:`~anomalib_salad.torch_model.PhaseConvTranspose2d`: the same outputs (to ~1e-7), but ordinary
+        convolutions, which OpenVINO quantises and runs in int8 on every CPU. The model is unchanged afterwards.
+
+        Args:
+            *args: Passed to :meth:`anomalib.models.components.base.export_mixin.ExportMixin.to_onnx`.
+            **kwargs: Likewise.
+
+        Returns:
+            Path: The ONNX file.
+        """
+        with phase_decomposed(self.model.decoder):
+            return super().to_onnx(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Refuse a replaced ``configure_optimizers`` (``--optimizer`` / ``--lr_scheduler`` on the CLI).

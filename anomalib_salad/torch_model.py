@@ -10,7 +10,8 @@ branches, so ``torch.export`` can trace it for ONNX / OpenVINO export.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import pairwise
 from typing import Literal
 
@@ -18,6 +19,7 @@ import torch
 from anomalib.data import InferenceBatch
 from kornia.color import rgb_to_grayscale
 from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812
 
 __all__ = [
     "Decoder",
@@ -25,6 +27,7 @@ __all__ = [
     "FeatureDiscriminator",
     "NonFiniteInputError",
     "PatchDiscriminator",
+    "PhaseConvTranspose2d",
     "SaladModel",
     "ScoreType",
 ]
@@ -164,6 +167,78 @@ class Decoder(nn.Module):
         for block in self.blocks:
             out = block(out)
         return out
+
+
+class PhaseConvTranspose2d(nn.Module):
+    """The decoder's ``ConvTranspose2d(kernel 4, stride 2, padding 1)`` as four 2x2 convolutions, for export.
+
+    Each output pixel parity (row even/odd x column even/odd) of a stride-2 transposed convolution sees only a
+    2x2 part of its kernel, so the layer equals four ordinary convolutions with those parts, each on the input
+    padded on its own sides, whose outputs are interleaved (a reshape that OpenVINO runs as ``DepthToSpace``).
+    Same multiply-adds and the same outputs to float rounding (~1e-7). The reason is deployment: OpenVINO's
+    CPU plugin runs ``ConvolutionBackpropData`` in f32 on CPUs without AVX-512 even in an INT8 IR, while
+    ordinary convolutions run in int8 (docs/results.md).
+
+    Args:
+        conv: The transposed convolution to copy (kernel 4, stride 2, padding 1, no groups or dilation).
+
+    Raises:
+        ValueError: For any other transposed convolution.
+    """
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        shape = (conv.kernel_size, conv.stride, conv.padding, conv.output_padding, conv.dilation, conv.groups)
+        if shape != ((4, 4), (2, 2), (1, 1), (0, 0), (1, 1), 1):
+            msg = f"PhaseConvTranspose2d copies ConvTranspose2d(kernel 4, stride 2, padding 1) only, got {conv}"
+            raise ValueError(msg)
+        weight = conv.weight.detach()  # (in, out, 4, 4)
+        self.out_channels = conv.out_channels
+        self.phases = nn.ModuleList()
+        self.pads: list[tuple[int, int, int, int]] = []
+        for row in range(2):
+            for col in range(2):
+                # Output row 2m + row takes input rows m - 1 + row and m + row with kernel rows 3 - row and 1 - row.
+                phase = nn.Conv2d(conv.in_channels, conv.out_channels, 2, bias=False)
+                taps = weight[:, :, [3 - row, 1 - row]][:, :, :, [3 - col, 1 - col]]
+                phase.weight.data.copy_(taps.transpose(0, 1))
+                self.phases.append(phase)
+                self.pads.append((1 - col, col, 1 - row, row))  # F.pad order: left, right, top, bottom
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Same as the copied ``ConvTranspose2d``: ``(B, C, H, W)`` to ``(B, out_channels, 2H, 2W)``."""
+        batch, _, height, width = inputs.shape
+        outputs = torch.cat([phase(F.pad(inputs, pad)) for phase, pad in zip(self.phases, self.pads, strict=True)], 1)
+        # (B, row, col, C, H, W) -> (B, C, H, row, W, col): pixel (2m + row, 2n + col).
+        outputs = outputs.view(batch, 2, 2, self.out_channels, height, width).permute(0, 3, 4, 1, 5, 2)
+        outputs = outputs.reshape(batch, self.out_channels, 2 * height, 2 * width)
+        return outputs if self.bias is None else outputs + self.bias[:, None, None]
+
+
+@contextmanager
+def phase_decomposed(module: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily replace every ``ConvTranspose2d`` inside ``module`` with its :class:`PhaseConvTranspose2d`.
+
+    Args:
+        module: A network holding transposed convolutions (e.g. :class:`Decoder`); restored on exit.
+
+    Yields:
+        nn.Module: ``module``, rewritten.
+    """
+    swapped = [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.ConvTranspose2d)
+    ]
+    try:
+        for parent, name, child in swapped:
+            setattr(parent, name, PhaseConvTranspose2d(child).to(child.weight.device, child.weight.dtype))
+        yield module
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 class PatchDiscriminator(nn.Module):

@@ -3,8 +3,9 @@
 One run measures, on the same inputs and machine, images/s and latency at batch 1 and batch 32 for:
 
 * torch eager (CPU, f32): ``Salad.forward``, i.e. pre-processor, networks and post-processor;
-* OpenVINO, FP32 IR, ``INFERENCE_PRECISION_HINT=f32`` (exact) and ``bf16`` (OpenVINO's CPU default where
-  AVX512-BF16 / AMX exist);
+* OpenVINO, FP32 IR, with ``INFERENCE_PRECISION_HINT=f32`` (exact), with no hint (the plugin's default: bf16
+  where AVX512-BF16 / AMX exist, else f32) and with ``bf16`` where the CPU has it; each row names the
+  precision the plugin actually ran;
 * OpenVINO, FP16 IR (weights stored in f16; the CPU computes in the hint's precision, here f32);
 * OpenVINO, INT8 IR (NNCF post-training quantisation calibrated on synthetic scans), hint f32.
 
@@ -14,6 +15,7 @@ from anomalib's ``to_openvino``; the FP16 and INT8 IRs are derived from it exact
 saves two more traces of a large model. The last column is the largest score difference to torch eager on
 the largest batch, relative to the largest torch score (normalised scores in [0, 1]; an untrained model gets
 placeholder normalisation constants from four random images, see :func:`fit_placeholder_normalisation`).
+The GFLOP/s column counts the scoring path's convolutions only, to compare with the CPU's peak.
 
 Usage:
     python benchmarks/inference_speed.py                      # untrained default 256x256 SALAD
@@ -118,11 +120,55 @@ def build_irs(model: Salad, work: Path, image_size: int, calibration_images: int
     return {"fp32": fp32, "fp16": fp16, "int8": int8}
 
 
-def print_table(results: list[Result]) -> None:
-    """Markdown table with ratios to torch eager at the same batch size."""
+def compile_variants(irs: dict[str, Path], threads: int) -> tuple[dict[str, ov.CompiledModel], dict[str, float]]:
+    """Compiled OpenVINO models by row name, and their IR sizes in MB."""
+    core = ov.Core()
+    requests = [("FP32 IR", irs["fp32"], "f32"), ("FP32 IR", irs["fp32"], None)]
+    if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        requests.append(("FP32 IR", irs["fp32"], "bf16"))
+    else:
+        print("this CPU has no bf16 support in OpenVINO (no AVX512-BF16/AMX): a bf16 hint would run f32")
+    requests += [("FP16 IR", irs["fp16"], "f32"), ("INT8 IR", irs["int8"], "f32")]
+    compiled, sizes = {}, {}
+    for ir_name, xml, hint in requests:
+        properties = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        if hint is not None:
+            properties["INFERENCE_PRECISION_HINT"] = hint
+        model_on_cpu = core.compile_model(xml, "CPU", properties)
+        # The precision the plugin runs, which is not always the one asked for.
+        ran = model_on_cpu.get_property("INFERENCE_PRECISION_HINT")
+        ran = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
+        name = f"OpenVINO {ir_name}, {'default=' if hint is None else ''}{ran}"
+        compiled[name], sizes[name] = model_on_cpu, ir_size_mb(xml)
+    return compiled, sizes
+
+
+def gflop_per_image(model: Salad, image_size: int) -> float:
+    """Convolution GFLOP (2 x multiply-adds) of one image through the scoring path, counted with forward hooks."""
+    macs = 0
+
+    def count(module: torch.nn.Module, _: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        # Per output element: in_channels x kernel area multiply-adds (transposed: per input element instead).
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            macs += module.in_channels * module.out_channels * module.weight[0, 0].numel() * output[0, 0].numel() // 4
+        else:
+            macs += output[0].numel() * module.in_channels * module.weight[0, 0].numel()
+
+    convolutions = [m for m in model.model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)]
+    hooks = [m.register_forward_hook(count) for m in convolutions]
+    with torch.inference_mode():
+        model(torch.rand(1, 3, image_size, image_size))
+    for hook in hooks:
+        hook.remove()
+    return 2 * macs / 1e9
+
+
+def print_table(results: list[Result], gflop: float) -> None:
+    """Markdown table with ratios to torch eager at the same batch size and the convolution GFLOP/s reached."""
     header = (
-        f"| {'configuration':<24} | {'IR MB':>6} | {'batch':>5} | {'latency ms':>10} | {'images/s':>8} | "
-        f"{'x torch':>7} | {'score diff':>10} |"
+        f"| {'configuration':<30} | {'IR MB':>6} | {'batch':>5} | {'latency ms':>10} | {'images/s':>8} | "
+        f"{'x torch':>7} | {'GFLOP/s':>7} | {'score diff':>10} |"
     )
     print(header)
     print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
@@ -132,8 +178,8 @@ def print_table(results: list[Result]) -> None:
     drift = {r.name: r.score_diff for r in results if r.batch == largest}
     for r in results:
         size = f"{r.size_mb:.1f}" if r.size_mb is not None else "-"
-        print(f"| {r.name:<24} | {size:>6} | {r.batch:>5} | {r.latency_ms:>10.1f} | {r.images_per_s:>8.2f} | "
-              f"{r.images_per_s / eager[r.batch]:>7.2f} | {drift[r.name]:>10.1e} |")
+        print(f"| {r.name:<30} | {size:>6} | {r.batch:>5} | {r.latency_ms:>10.1f} | {r.images_per_s:>8.2f} | "
+              f"{r.images_per_s / eager[r.batch]:>7.2f} | {gflop * r.images_per_s:>7.0f} | {drift[r.name]:>10.1e} |")
 
 
 def main() -> None:
@@ -163,22 +209,7 @@ def main() -> None:
         start = time.perf_counter()
         irs = build_irs(model, work, args.image_size, args.calibration_images)
         print(f"exported FP32/FP16/INT8 IRs in {time.perf_counter() - start:.0f} s")
-        core = ov.Core()
-        configs = [
-            ("OpenVINO FP32 IR, f32", irs["fp32"], "f32"),
-            ("OpenVINO FP32 IR, bf16", irs["fp32"], "bf16"),
-            ("OpenVINO FP16 IR, f32", irs["fp16"], "f32"),
-            ("OpenVINO INT8 IR, f32", irs["int8"], "f32"),
-        ]
-        compiled = {
-            name: core.compile_model(
-                xml,
-                "CPU",
-                {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads},
-            )
-            for name, xml, hint in configs
-        }
-        sizes = {name: ir_size_mb(xml) for name, xml, _ in configs}
+        compiled, sizes = compile_variants(irs, threads)
         results: list[Result] = []
         rng = np.random.default_rng(0)
         for batch in args.batch_sizes:
@@ -192,8 +223,8 @@ def main() -> None:
             reference = torch_run()
             latency, throughput = time_calls(torch_run, batch, args.seconds, args.min_calls)
             results.append(Result("torch eager, f32", batch, latency, throughput, 0.0, None))
-            for name, _, _ in configs:
-                request = compiled[name].create_infer_request()
+            for name, model_on_cpu in compiled.items():
+                request = model_on_cpu.create_infer_request()
 
                 def ov_run(request: ov.InferRequest = request, images: np.ndarray = images) -> np.ndarray:
                     return request.infer({0: images})["pred_score"]
@@ -210,7 +241,9 @@ def main() -> None:
     print(f"CPU: {cpu_name()}; {threads} threads for torch and OpenVINO; torch {torch.__version__}, "
           f"OpenVINO {ov.__version__}; model input {args.image_size}x{args.image_size}, "
           f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'untrained default Salad()'}")
-    print_table(results)
+    gflop = gflop_per_image(model, args.image_size)
+    print(f"scoring path E, D, E: {gflop:.2f} GFLOP of convolutions per image")
+    print_table(results, gflop)
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from anomalib_salad.torch_model import Decoder, Encoder, PatchDiscriminator, SaladModel, num_levels
+from anomalib_salad.torch_model import (
+    Decoder,
+    Encoder,
+    PatchDiscriminator,
+    PhaseConvTranspose2d,
+    SaladModel,
+    num_levels,
+    phase_decomposed,
+)
 
 from .conftest import TINY
 
@@ -104,3 +112,34 @@ def test_eval_forward_is_exportable() -> None:
     exported = torch.export.export(model, (torch.rand(2, 3, 32, 32),))
     images = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(exported.module()(images).pred_score, model(images).pred_score)
+
+
+@pytest.mark.parametrize(("in_channels", "out_channels", "height", "width", "bias"),
+                         [(8, 5, 7, 6, True), (3, 1, 1, 1, True), (16, 4, 2, 3, False), (1, 2, 32, 32, True)])
+def test_phase_conv_transpose_equals_conv_transpose(in_channels: int, out_channels: int, height: int, width: int,
+                                                    bias: bool) -> None:
+    conv = torch.nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=bias)
+    inputs = torch.randn(3, in_channels, height, width)
+    with torch.no_grad():
+        expected, actual = conv(inputs), PhaseConvTranspose2d(conv)(inputs)
+    assert actual.shape == expected.shape == (3, out_channels, 2 * height, 2 * width)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_phase_conv_transpose_refuses_other_layers() -> None:
+    with pytest.raises(ValueError, match="kernel 4, stride 2, padding 1"):
+        PhaseConvTranspose2d(torch.nn.ConvTranspose2d(4, 4, 3, 2, 1))
+
+
+def test_phase_decomposed_decoder_is_equal_and_restored() -> None:
+    model = SaladModel(**TINY).eval()
+    originals = [block[0] for block in model.decoder.blocks]
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = model(images)
+        with phase_decomposed(model.decoder):
+            assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder.modules())
+            actual = model(images)
+    torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=1e-5, atol=1e-6)
+    assert [block[0] for block in model.decoder.blocks] == originals
