@@ -27,6 +27,7 @@ import yaml
 from anomalib.data.utils import ValSplitMode
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
+from rescore import raw_scores  # this folder, which is on sys.path when the script runs
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad, SyntheticScans
@@ -66,7 +67,6 @@ def train(args: argparse.Namespace) -> None:
         (Path(args.out) / "checkpoint.txt").write_text(str(path))
 
 
-@torch.no_grad()
 def test_aurocs(checkpoint: Path, data_root: Path, scores: list[str]) -> dict[str, float]:
     """Image AUROC of a checkpoint on the whole synthetic test set, once per anomaly score, on raw scores.
 
@@ -78,16 +78,8 @@ def test_aurocs(checkpoint: Path, data_root: Path, scores: list[str]) -> dict[st
     datamodule = SyntheticScans(**(data_args | {"root": data_root}))
     datamodule.val_split_mode = ValSplitMode.NONE  # the whole test set, not what the validation split leaves
     datamodule.setup()
-    values: dict[str, list[torch.Tensor]] = {score: [] for score in scores}
-    labels = []
-    for batch in datamodule.test_dataloader():
-        images = model.pre_processor.export_transform(batch.image)
-        for score in scores:
-            model.model.score = score
-            values[score].append(model.model(images).pred_score)
-        labels.append(batch.gt_label)
-    target = torch.cat(labels).int()
-    return {score: float(binary_auroc(torch.cat(values[score]), target)) for score in scores}
+    values, target = raw_scores(model, datamodule.test_dataloader(), scores)
+    return {score: float(binary_auroc(values[score], target)) for score in scores}
 
 
 def main() -> None:

@@ -8,18 +8,43 @@ Usage:
 """
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from anomalib.data import Folder
+from anomalib.data import Batch, Folder
+from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
+from anomalib_salad import Salad
 from anomalib_salad.deploy import load_salad_checkpoint
 
 SCORES = {"feature": "A_F |E(x) - E(D(E(x)))|", "image": "A_I |x - D(E(x))|", "center": "A_C |E(x) - C|"}
 
 
 @torch.no_grad()
+def raw_scores(model: Salad, dataloader: Iterable[Batch], scores: Iterable[str]) -> tuple[dict[str, Tensor], Tensor]:
+    """Raw (unnormalised) image scores of ``model`` with each anomaly score, and the labels.
+
+    Args:
+        model: A trained Salad; its ``model.score`` is left at the last of ``scores``.
+        dataloader: Batches with ``image`` and ``gt_label``.
+        scores: Names from :data:`SCORES`.
+
+    Returns:
+        tuple[dict[str, Tensor], Tensor]: Scores by name, and the ``0/1`` labels.
+    """
+    values: dict[str, list[Tensor]] = {name: [] for name in scores}
+    labels = []
+    for batch in dataloader:
+        images = model.pre_processor.export_transform(batch.image)
+        for name, collected in values.items():
+            model.model.score = name
+            collected.append(model.model(images).pred_score)
+        labels.append(batch.gt_label)
+    return {name: torch.cat(collected) for name, collected in values.items()}, torch.cat(labels).int()
+
+
 def main() -> None:
     """Load, score the whole test folder with each score, print AUROC and the normal/abnormal means."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,19 +56,11 @@ def main() -> None:
     datamodule = Folder(name="rescore", root=args.root, normal_dir="train/normal", abnormal_dir="test/abnormal",
                         normal_test_dir="test/normal", eval_batch_size=64, num_workers=0, val_split_mode="none")
     datamodule.setup()
-    scores: dict[str, list[torch.Tensor]] = {name: [] for name in SCORES}
-    labels = []
-    for batch in datamodule.test_dataloader():
-        images = model.pre_processor.export_transform(batch.image)
-        for name in SCORES:
-            model.model.score = name
-            scores[name].append(model.model(images).pred_score)
-        labels.append(batch.gt_label)
-    target = torch.cat(labels).int()
+    scores, target = raw_scores(model, datamodule.test_dataloader(), SCORES)
     print(f"{args.ckpt.name}: {len(target)} test images ({int(target.sum())} abnormal)")
     print(f"{'score':<28} {'AUROC':>7} {'mean normal':>12} {'mean abnormal':>14}")
     for name, label in SCORES.items():
-        values = torch.cat(scores[name])
+        values = scores[name]
         print(f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
               f"{float(values[target == 1].mean()):>14.5f}")
 

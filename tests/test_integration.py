@@ -140,10 +140,15 @@ def test_cli_train_test_predict_and_config(tiny_scans: Path, tmp_path: Path) -> 
     result = _cli("predict", *_model_args(), "--data", str(tiny_scans / "test" / "abnormal"), *ckpt,
                   "--default_root_dir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # The shipped model config loads and documents itself.
+    # The shipped model config loads and documents itself, and takes each data config as the README says.
     result = _cli("train", "--config", str(ROOT / "configs/model/salad.yaml"), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "anomalib_salad.Salad" in result.stdout
+    for data_config in sorted((ROOT / "configs" / "data").glob("*.yaml")):
+        result = _cli("train", "--config", str(ROOT / "configs/model/salad.yaml"), "--data", str(data_config),
+                      "--print_config", cwd=tmp_path)
+        assert result.returncode == 0, (data_config.name, result.stderr[-3000:])
+        assert "class_path: anomalib.data.Folder" in result.stdout
     result = _cli("train", "--model.help", "anomalib_salad.Salad", cwd=tmp_path)
     assert result.returncode == 0
     assert "--model.restoration_shared_layers" in result.stdout
