@@ -11,7 +11,7 @@ One run measures, on the same inputs and machine, images/s and latency at batch 
 
 All graphs hold the pre- and post-processing (resize, scaling, normalisation, thresholds). The FP32 IR comes
 from anomalib's ``to_openvino``; the FP16 and INT8 IRs are derived from it exactly as anomalib derives them
-(``ov.save_model(compress_to_fp16=True)`` and anomalib's own ``_post_training_quantization_ov``), which
+(``ov.save_model(compress_to_fp16=True)`` and ``Salad._post_training_quantization_ov``), which
 saves two more traces of a large model. The last column is the largest score difference to torch eager on
 the largest batch, relative to the largest torch score (normalised scores in [0, 1]; an untrained model gets
 placeholder normalisation constants from four random images, see :func:`fit_placeholder_normalisation`).
@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import torch
-from anomalib.models.components.base.export_mixin import ExportMixin
 
 from anomalib_salad import Salad, SyntheticScans
 from anomalib_salad.deploy import load_salad_checkpoint
@@ -114,8 +113,8 @@ def build_irs(model: Salad, work: Path, image_size: int, calibration_images: int
         eval_batch_size=8,
     )
     int8 = work / "int8" / "model.xml"
-    # anomalib's own INT8_PTQ step (what to_openvino(compression_type=INT8_PTQ) runs after the conversion).
-    quantized = ExportMixin._post_training_quantization_ov(core.read_model(fp32), datamodule)
+    # The INT8_PTQ step that to_openvino(compression_type=INT8_PTQ) runs after the conversion (Salad's own).
+    quantized = model._post_training_quantization_ov(core.read_model(fp32), datamodule)
     ov.save_model(quantized, int8, compress_to_fp16=False)
     return {"fp32": fp32, "fp16": fp16, "int8": int8}
 

@@ -34,6 +34,7 @@ from anomalib_salad.deploy import (
     read_image,
     to_model_input,
 )
+from anomalib_salad.lightning_model import _is_latent_end_convolution
 
 from .conftest import TINY
 
@@ -219,8 +220,18 @@ def test_int8_ptq_export(checkpoint: Path, tiny_scans: Path, tmp_path: Path, exp
         datamodule=_folder(tiny_scans),
         onnx_kwargs={"opset_version": 18},
     )
-    ops = [op.get_type_name() for op in ov.Core().read_model(path).get_ordered_ops()]
-    assert "FakeQuantize" in ops
+    ir = ov.Core().read_model(path)
+    assert "FakeQuantize" in [op.get_type_name() for op in ir.get_ordered_ops()]
+    # Salad's INT8_PTQ leaves the encoder's last two layers (2x2 and 1x1 outputs) of both passes unquantised.
+    encoder = {}  # output size -> whether each encoder convolution of that size reads quantised input
+    for op in ir.get_ordered_ops():
+        if op.get_type_name() == "Convolution" and op.get_output_partial_shape(0)[2].get_length() < 16:
+            size = op.get_output_partial_shape(0)[2].get_length()
+            if op.input_value(0).get_partial_shape()[2].get_length() == 2 * size:  # halves: an encoder layer
+                encoder.setdefault(size, []).append(op.input_value(0).get_node().get_type_name() == "FakeQuantize")
+    assert encoder == {8: [True, True], 4: [True, True], 2: [False, False], 1: [False, False]}
+    latent_end = [op for op in ir.get_ordered_ops() if _is_latent_end_convolution(op)]
+    assert [op.get_output_partial_shape(0)[2].get_length() for op in latent_end] == [2, 1, 2, 1]
     prediction = SaladInferencer(path).predict(sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:4])
     assert np.isfinite(prediction.pred_score).all()
     assert ((prediction.pred_score >= 0) & (prediction.pred_score <= 1)).all()
