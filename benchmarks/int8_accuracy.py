@@ -52,6 +52,7 @@ def main() -> None:
     calibration = Folder(name="calibration", root=args.root, normal_dir="train/normal",
                          abnormal_dir="test/abnormal", normal_test_dir="test/normal", train_batch_size=32,
                          eval_batch_size=32, num_workers=0, seed=0)
+
     def score_ir(xml: Path) -> np.ndarray:
         inferencer = SaladInferencer(xml, precision_hint="f32")
         return np.concatenate([inferencer.predict(b).pred_score for b in batches])
