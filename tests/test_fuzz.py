@@ -12,7 +12,9 @@ by themselves when the proposed validation lands in ``to_network_input`` and the
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,6 +122,21 @@ def _check_error(error: Exception, problems: set[str]) -> None:
     assert named, f"message names none of {sorted(problems)}: {message!r}"
 
 
+def _run_checked(run: Callable[[torch.Tensor], Any], images: torch.Tensor, problems: set[str]) -> Any:
+    """``run(images)``, or ``None`` after checking that its error names one of ``problems``.
+
+    Bad input must fail with a clear error; input without problems must go through.
+    """
+    try:
+        with torch.no_grad():
+            output = run(images)
+    except (ValueError, TypeError) as error:
+        _check_error(error, problems)
+        return None
+    assert not problems, f"{sorted(problems)} went through without an error"
+    return output
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Probes of the current code: which known gaps are still open
 # --------------------------------------------------------------------------------------------------------------
@@ -201,14 +218,9 @@ def model() -> SaladModel:
 @pytest.mark.parametrize("case", [_model_param(c) for c in _cases(1, NUM_MODEL_CASES, valid_model_shape=0.5)])
 def test_model_forward(case: Case, model: SaladModel) -> None:
     images = case.tensor()
-    problems = _model_problems(images)
-    try:
-        with torch.no_grad():
-            output = model(images)
-    except (ValueError, TypeError) as error:
-        _check_error(error, problems)
+    output = _run_checked(model, images, _model_problems(images))
+    if output is None:
         return
-    assert not problems, f"{sorted(problems)} went through without an error"
     batch = images.shape[0]
     assert output.pred_score.shape == (batch,)
     assert output.anomaly_map.shape == (batch, 1, 32, 32)
@@ -249,14 +261,9 @@ TASK_CASES = [
 def test_proxy_task(name: str, case: Case) -> None:
     task: IntensityAugmentationBase2D = TASKS[name]()
     images = case.tensor()
-    problems = _task_problems(images)
-    try:
-        with torch.no_grad():
-            output = task(images)
-    except (ValueError, TypeError) as error:
-        _check_error(error, problems)
+    output = _run_checked(task, images, _task_problems(images))
+    if output is None:
         return
-    assert not problems, f"{sorted(problems)} went through without an error"
     # kornia returns (H, W) and (C, H, W) inputs in batch form (keepdim=False, its default).
     batch_form = (1,) * (4 - images.ndim) + tuple(images.shape)
     assert tuple(output.shape) in {tuple(images.shape), batch_form}
