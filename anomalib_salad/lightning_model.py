@@ -45,6 +45,7 @@ from .loss import (
     generator_adversarial_loss,
 )
 from .metrics import AUROC, paper_metrics
+from .post_processing import fitted_post_processing
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
 from .torch_model import NonFiniteInputError, SaladModel, ScoreType, phase_decomposed
 
@@ -316,7 +317,9 @@ class Salad(AnomalibModule):
 
         The decoder's transposed convolutions are exported as
         :class:`~anomalib_salad.torch_model.PhaseConvTranspose2d`: the same outputs (to ~1e-7), but ordinary
-        convolutions, which OpenVINO quantises and runs in int8 on every CPU. The model is unchanged afterwards.
+        convolutions, which OpenVINO quantises and runs in int8 on every CPU. anomalib's post-processor is
+        exported as :class:`~anomalib_salad.post_processing.FittedPostProcessor`: the same outputs, without
+        the normalisation cases that its fitted statistics rule out. The model is unchanged afterwards.
 
         Args:
             *args: Passed to :meth:`anomalib.models.components.base.export_mixin.ExportMixin.to_onnx`.
@@ -325,7 +328,7 @@ class Salad(AnomalibModule):
         Returns:
             Path: The ONNX file.
         """
-        with phase_decomposed(self.model.decoder):
+        with phase_decomposed(self.model.decoder), fitted_post_processing(self):
             return super().to_onnx(*args, **kwargs)
 
     @staticmethod

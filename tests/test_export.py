@@ -206,6 +206,10 @@ def test_graph_holds_only_the_inference_path(exports: dict[str, Path]) -> None:
     levels = 5  # log2(32)
     assert op_types.count("Convolution") == 2 * levels + 4 * levels
     assert op_types.count("ConvolutionBackpropData") == 0
+    # Post-processing as FittedPostProcessor: min-max scaling, then one comparison each for label and mask;
+    # none of anomalib's where-selected cases for missing statistics or a zero range.
+    assert op_types.count("Select") == 0
+    assert op_types.count("Greater") == 2
     onnx_names = [init.name for init in onnx.load(exports["onnx"], load_external_data=False).graph.initializer]
     assert not [name for name in onnx_names if "discriminator" in name or "restoration" in name]
 
