@@ -49,6 +49,7 @@ __all__ = [
     "export_salad",
     "heatmap_overlay",
     "load_salad_checkpoint",
+    "precision_name",
     "read_image",
     "to_model_input",
 ]
@@ -380,6 +381,18 @@ class SaladPrediction:
     pred_mask: np.ndarray | None = None
 
 
+def precision_name(precision: Any) -> str:
+    """``"f32"``, ``"bf16"`` or ``"f16"`` from an ``INFERENCE_PRECISION_HINT`` property (an ``ov.Type`` or a string).
+
+    Args:
+        precision: What ``get_property("INFERENCE_PRECISION_HINT")`` returned for a core or a compiled model.
+
+    Returns:
+        str: The precision's short name.
+    """
+    return precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+
+
 class SaladInferencer:
     """Run an exported SALAD model (OpenVINO IR or ONNX) with OpenVINO, NumPy and Pillow only.
 
@@ -441,9 +454,8 @@ class SaladInferencer:
         self.input_shape = shape
         self.compiled_model = core.compile_model(model, device, properties)
         self.device = device
-        precision = self.compiled_model.get_property("INFERENCE_PRECISION_HINT")
-        # "f32" / "bf16" / "f16": the precision the plugin actually chose, for logs and reports.
-        self.precision = precision.get_type_name() if hasattr(precision, "get_type_name") else str(precision)
+        # The precision the plugin actually chose, for logs and reports.
+        self.precision = precision_name(self.compiled_model.get_property("INFERENCE_PRECISION_HINT"))
 
     def _check_size(self, batch: np.ndarray) -> None:
         shape = self.input_shape

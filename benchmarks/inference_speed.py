@@ -38,7 +38,7 @@ import openvino as ov
 import torch
 
 from anomalib_salad import Salad, SyntheticScans
-from anomalib_salad.deploy import load_salad_checkpoint
+from anomalib_salad.deploy import load_salad_checkpoint, precision_name
 
 
 @dataclass
@@ -137,8 +137,7 @@ def compile_variants(irs: dict[str, Path], threads: int) -> tuple[dict[str, ov.C
             properties["INFERENCE_PRECISION_HINT"] = hint
         model_on_cpu = core.compile_model(xml, "CPU", properties)
         # The precision the plugin runs, which is not always the one asked for.
-        ran = model_on_cpu.get_property("INFERENCE_PRECISION_HINT")
-        ran = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
+        ran = precision_name(model_on_cpu.get_property("INFERENCE_PRECISION_HINT"))
         name = f"OpenVINO {ir_name}, {'default=' if hint is None else ''}{ran}"
         compiled[name], sizes[name] = model_on_cpu, ir_size_mb(xml)
     return compiled, sizes

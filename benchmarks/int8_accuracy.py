@@ -24,7 +24,14 @@ from anomalib.data import Folder
 from anomalib.models.components.base.export_mixin import ExportMixin
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_salad.deploy import SaladInferencer, export_salad, list_images, load_salad_checkpoint, read_image
+from anomalib_salad.deploy import (
+    SaladInferencer,
+    export_salad,
+    list_images,
+    load_salad_checkpoint,
+    precision_name,
+    read_image,
+)
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -60,8 +67,7 @@ def main() -> None:
         return np.concatenate([inferencer.predict(b).pred_score for b in batches])
 
     # The plugin's own choice when no hint is given: bf16 on CPUs with AVX512-BF16 or AMX, what deployments get.
-    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
-    default = default.get_type_name() if hasattr(default, "get_type_name") else str(default)
+    default = precision_name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_salad(args.ckpt, Path(tmp) / "fp32", "openvino")
         results["openvino fp32 IR (f32)"] = score_ir(fp32)

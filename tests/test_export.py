@@ -346,13 +346,17 @@ def test_example_script_scores_a_folder_without_torch(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _copy_images(paths: list[Path], folder: Path) -> Path:
+    """One folder holding ``paths``, each renamed after its parent folder so that names stay unique."""
+    folder.mkdir()
+    for path in paths:
+        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    return folder
+
+
 def test_cli_predict_runs_the_exported_ir(exports: dict[str, Path], images: dict[str, list[Path]],
                                           tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    inputs = images["gray"][:2] + images["rgb"][:2]
-    for path in inputs:
-        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    folder = _copy_images(images["gray"][:2] + images["rgb"][:2], tmp_path / "in")
     command = [str(Path(sys.executable).with_name("anomalib")), "predict", "--model", "anomalib_salad.SaladOpenVINO",
                "--model.path", str(exports["openvino"]), "--data", str(folder), "--default_root_dir", str(tmp_path)]
     _run(command, cwd=tmp_path)
@@ -362,10 +366,8 @@ def test_cli_predict_runs_the_exported_ir(exports: dict[str, Path], images: dict
 
 def test_engine_predict_matches_the_inferencer(exports: dict[str, Path], images: dict[str, list[Path]],
                                                inferencer: SaladInferencer, tmp_path: Path) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for path in images["gray"] + images["rgb"]:  # two image sizes: one image per batch, resized by the graph
-        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    # Two image sizes: one image per batch, resized by the graph.
+    folder = _copy_images(images["gray"] + images["rgb"], tmp_path / "in")
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     batches = engine.predict(SaladOpenVINO(exports["openvino"], visualizer=False), data_path=folder)
     for batch in batches:
