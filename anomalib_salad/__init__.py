@@ -11,10 +11,12 @@ Example:
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Salad", "SaladModel", "SaladOpenVINO", "SyntheticScans"]
+__all__ = ["MedicalFolder", "ReaderConfig", "Salad", "SaladModel", "SaladOpenVINO", "SyntheticScans"]
 __version__ = "0.1.0"
 
 _HOMES = {
+    "MedicalFolder": ".image_io",
+    "ReaderConfig": ".reader",
     "Salad": ".lightning_model",
     "SaladModel": ".torch_model",
     "SaladOpenVINO": ".openvino_model",

@@ -6,9 +6,10 @@ Two halves with different dependencies:
   wrap ``Salad.load_from_checkpoint`` / ``AnomalibModule.to_*`` with checks that name what is wrong with a
   file instead of Lightning's ``KeyError: 'pytorch-lightning_version'`` or a page of missing state-dict keys.
 * :func:`read_image`, :func:`to_model_input`, :class:`SaladInferencer` and :func:`heatmap_overlay` need only
-  NumPy, Pillow and OpenVINO, so an edge machine can score images with an exported IR and no torch. This
-  file therefore imports nothing else at module level; ``examples/deploy_openvino.py`` loads it by path so
-  that the package ``__init__`` (which imports torch) does not run.
+  NumPy, Pillow and OpenVINO (plus pydicom / nibabel for DICOM / NIfTI files), so an edge machine can score
+  images with an exported IR and no torch. This file therefore imports nothing else at module level, and the
+  package ``__init__`` loads its torch classes lazily. Files are read by :mod:`anomalib_salad.reader`, the
+  reader that training uses too; ``salad-score`` (:mod:`anomalib_salad.score`) scores whole archives.
 
 The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (bicubic),
 scales to ``[-1, 1]``, converts to grayscale, scores, and min-max normalises with the threshold fitted on
@@ -33,7 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from . import reader
+from .reader import ImageReadError, ImageRef, ReaderConfig
 
 if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
@@ -54,11 +58,11 @@ __all__ = [
     "to_model_input",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = reader.SUPPORTED_SUFFIXES
 PrecisionHint = Literal["f32", "bf16", "f16"]
-# Pillow modes that anomalib's reader (``Image.open(path).convert("RGB")``, also used by the Folder dataset
-# in training) converts faithfully; 16/32-bit modes are clipped at 255 by that conversion.
-_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+# The deployment default: 16-bit PNG/TIFF files need the bit depth the model was trained with (the graph cannot
+# tell 12-bit data read as 16-bit from a darker image). DICOM and NIfTI files carry their own scaling.
+DEPLOY_READER = ReaderConfig(require_bit_depth=True)
 _SALAD_STATE_PREFIXES = ("model.encoder.", "model.decoder.")
 
 
@@ -237,47 +241,42 @@ def export_salad(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as anomalib does: RGB, float32 in ``[0, 1]``, shape ``(H, W, 3)``.
+def read_image(path: str | Path, config: ReaderConfig | None = None) -> np.ndarray:
+    """Read an image as training does: RGB, float32 in ``[0, 1]``, shape ``(H, W, 3)``.
 
-    Grayscale files become three equal channels; the exported graph turns them back into one with weights
-    that sum to 1, as in training (anomalib's Folder dataset reads images the same way).
+    Uses :func:`anomalib_salad.reader.read_image`, the reader of the training datasets (``CheckedFolder``,
+    ``MedicalFolder``): 8-bit files as anomalib reads them, 16-bit grayscale divided by ``2**bit_depth - 1``,
+    DICOM through its modality LUT and VOI window, NIfTI slices (``path:axis:index``) normalised per volume.
+    Grayscale becomes three equal channels; the exported graph turns them back into one with weights that sum
+    to 1, as in training.
 
     Args:
-        path: Image file.
+        path: An image file, or a frame / slice id (``path:frame:k``, ``path:axis:index``).
+        config: Reader settings; pass those of training (``bit_depth``, ``window``, ``axis``, ...). Defaults to
+            :data:`DEPLOY_READER`, which refuses 16-bit PNG/TIFF files until ``bit_depth`` is given.
 
     Returns:
         np.ndarray: ``(H, W, 3)`` float32.
 
     Raises:
-        FileNotFoundError: If ``path`` is not a file.
-        InputImageError: If Pillow cannot decode it, or it is 16/32-bit (anomalib would clip it at 255).
+        FileNotFoundError: If the file does not exist.
+        InputImageError: If it cannot be decoded, or does not fit the settings (e.g. 16-bit without a bit depth).
     """
-    path = Path(path)
-    if not path.is_file():
+    file = Path(ImageRef.parse(path).path)
+    if not file.is_file():
         msg = f"Image not found: {path}"
         raise FileNotFoundError(msg)
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode not in _EIGHT_BIT_MODES:
-                msg = (
-                    f"{path}: Pillow mode {mode!r} (16/32-bit) is not supported; anomalib's reader, used in "
-                    "training, clips such images at 255. Convert them to 8-bit (e.g. window and rescale) first."
-                )
-                raise InputImageError(msg)
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        msg = f"Cannot read {path} as an image ({type(error).__name__}: {error})"
+        return reader.read_image(path, config or DEPLOY_READER)
+    except ImageReadError as error:
+        msg = f"Cannot read {error}"
         raise InputImageError(msg) from error
-    return rgb / np.float32(255.0)
 
 
 def _as_float(array: np.ndarray, what: str) -> np.ndarray:
-    """``array`` as float32 in ``[0, 1]``: uint8 is divided by 255, floats must already be in range."""
+    """``array`` as float32 in ``[0, 1]``: uint8 is scaled as the reader scales 8-bit files, floats must be in range."""
     if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(255.0)
+        return reader.uint8_to_float(array)
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
@@ -335,9 +334,10 @@ def to_model_input(image: str | Path | Image.Image | np.ndarray | Any) -> np.nda
     """Turn one image or a batch into the exported graph's input ``(N, 3, H, W)`` float32 in ``[0, 1]``.
 
     Args:
-        image: A file path; a PIL image; an array (or anything ``np.asarray`` accepts, e.g. a CPU tensor) of
-            shape ``(H, W)``, ``(H, W, C)``, ``(C, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` 1 or
-            3, as uint8 (0-255) or float in ``[0, 1]``. Grayscale is repeated to three channels.
+        image: A file path (read by :func:`read_image` with its default settings); a PIL image (by the same
+            bit-depth rule); an array (or anything ``np.asarray`` accepts, e.g. a CPU tensor) of shape ``(H, W)``,
+            ``(H, W, C)``, ``(C, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` 1 or 3, as uint8 (0-255)
+            or float in ``[0, 1]``. Grayscale is repeated to three channels.
 
     Returns:
         np.ndarray: Contiguous ``(N, 3, H, W)`` float32.
@@ -349,10 +349,10 @@ def to_model_input(image: str | Path | Image.Image | np.ndarray | Any) -> np.nda
     if isinstance(image, str | Path):
         array, what = read_image(image), str(image)
     elif isinstance(image, Image.Image):
-        if image.mode not in _EIGHT_BIT_MODES:
-            msg = f"PIL image of mode {image.mode!r} (16/32-bit) is not supported; convert it to 8-bit"
-            raise InputImageError(msg)
-        array, what = np.asarray(image.convert("RGB")), "PIL image"
+        try:
+            array, what = reader.pil_to_array(image, DEPLOY_READER), "PIL image"
+        except ImageReadError as error:
+            raise InputImageError(str(error)) from error
     else:
         array, what = np.asarray(image), f"array of shape {np.shape(image)}"
     batch = _to_nchw(_as_float(np.asarray(array), what), what)
@@ -538,7 +538,8 @@ def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
 
     Args:
         folder: A folder or one image file.
-        extensions: Suffixes to accept, lower case. Defaults to common image formats.
+        extensions: Name endings to accept, lower case (``.nii.gz`` works). Defaults to every format the reader
+            reads (PNG/JPEG/BMP/TIFF/WebP, DICOM, NIfTI).
 
     Returns:
         list[Path]: The files.
@@ -552,7 +553,8 @@ def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS
     if not folder.is_dir():
         msg = f"Input folder not found: {folder}"
         raise FileNotFoundError(msg)
-    files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in extensions)
+    suffixes = tuple(extensions)
+    files = sorted(path for path in folder.iterdir() if path.is_file() and path.name.lower().endswith(suffixes))
     if not files:
         msg = f"No images with suffix {list(extensions)} in {folder}"
         raise FileNotFoundError(msg)

@@ -12,12 +12,17 @@ This module adds:
 * :func:`check_image_files`: decodes every file once (in threads) and raises :class:`ImageFileError` that
   names every unusable file, before any epoch; it also logs files that are readable but suspicious
   (nearly black, constant, transparent, much smaller than the network input).
-* :func:`read_image_tensor`: anomalib's reader for 8-bit files (bit-identical), and 16-bit grayscale
-  scaled by ``2**bit_depth - 1`` instead of clipped; every failure names the file.
-* :class:`CheckedFolder` / :class:`CheckedPredictDataset`: anomalib's ``Folder`` datamodule and
-  ``PredictDataset`` reading through :func:`read_image_tensor` and scanning their files at setup.
+* :func:`read_image_tensor`: the project's one reader (:mod:`anomalib_salad.reader`, torch-free) as a tensor:
+  anomalib's values for 8-bit files (bit-identical), 16-bit grayscale scaled by ``2**bit_depth - 1`` instead
+  of clipped, DICOM (modality LUT, VOI window, MONOCHROME1, frames) and NIfTI slices; every failure names the
+  file.
+* :class:`CheckedFolder` / :class:`MedicalFolder` / :class:`CheckedPredictDataset`: anomalib's ``Folder``
+  datamodule and ``PredictDataset`` reading through :func:`read_image_tensor`, accepting DICOM and NIfTI
+  (split per file, then cut into frames / slices named ``path:axis:index``) and scanning their files at setup.
 * :class:`ImageFileCheck`: a Lightning callback that scans the datasets of any fit / validate / test /
   predict run; with anomalib's own datasets it also refuses 16-bit files, which they would clip.
+* :class:`ReaderVisualizer`: anomalib's image visualizer, reading the originals it draws through the same
+  reader (anomalib's opens them with Pillow, which fails on DICOM files and slice ids).
 
 16-bit files are divided by ``2**bit_depth - 1`` with ``bit_depth`` given by the user, 16 by default (the
 container's full range). Neither the image's own maximum (it rescales every image differently, so the same
@@ -50,12 +55,19 @@ from anomalib.data import ImageItem, PredictDataset
 from anomalib.data.datamodules.image.folder import Folder
 from anomalib.data.datasets.image.folder import FolderDataset
 from anomalib.data.utils import LabelName, Split, read_mask
+from anomalib.utils.path import generate_output_filename
+from anomalib.visualization import ImageVisualizer
+from anomalib.visualization.image.item_visualizer import visualize_image_item
 from lightning.pytorch import Callback, LightningModule, Trainer
+from pandas import DataFrame
 from PIL import Image
-from torch.utils.data import DataLoader
-from torchvision.transforms.v2.functional import to_dtype, to_image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.tv_tensors import Image as TVImage
 from torchvision.tv_tensors import Mask
+
+from . import reader
+from .reader import HIGH_BIT_DEPTH_MODES, ImageReadError, ImageRef, ReaderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +78,8 @@ __all__ = [
     "ImageFileCheck",
     "ImageFileError",
     "ImageInfo",
+    "MedicalFolder",
+    "ReaderVisualizer",
     "check_image_files",
     "image_file_problems",
     "inspect_image",
@@ -73,9 +87,11 @@ __all__ = [
     "scan_image_files",
 ]
 
-# Pillow modes holding more than 8 bits per grayscale pixel; convert("RGB") clips them at 255.
-HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _COLOUR_MODES = frozenset({"L", "LA", "RGB", "RGBA", "F", *HIGH_BIT_DEPTH_MODES})
+# Modes of ImageInfo for files whose reader output is already in [0, 1] (extrema are of that output).
+_UNIT_RANGE_MODES = frozenset({"F", "DICOM", "NIfTI"})
+# Folder's listing matches suffixes: ".gz" lets ".nii.gz" through (other .gz files are dropped afterwards).
+MEDICAL_EXTENSIONS = tuple(sorted({*IMG_EXTENSIONS, *reader.DICOM_SUFFIXES, ".nii", ".gz"}))
 MAX_LISTED = 100  # problems spelled out in one error message; the exception keeps them all
 DARK_FRACTION = 1 / 8  # a file whose brightest pixel is below this fraction of full scale is "nearly black"
 
@@ -94,19 +110,19 @@ class ImageFileError(ValueError):
 
 
 def _check_bit_depth(bit_depth: int | None) -> int | None:
-    if bit_depth is None:
-        return None
-    if isinstance(bit_depth, bool) or not isinstance(bit_depth, int) or not 1 <= bit_depth <= 16:
-        msg = f"bit_depth must be an int in [1, 16] (bits stored per pixel of 16-bit files) or None, got {bit_depth!r}"
-        raise ValueError(msg)
-    return bit_depth
+    return reader.check_bit_depth(bit_depth)
+
+
+def _reader_config(config: ReaderConfig | None, bit_depth: int | None = None) -> ReaderConfig:
+    """``config`` (default settings if ``None``) with ``bit_depth`` set when given."""
+    return (config or reader.DEFAULT).replace(bit_depth=_check_bit_depth(bit_depth))
 
 
 def _full_scale(mode: str, bit_depth: int | None) -> float:
     """The value that reads as 1.0 in a file of this Pillow mode."""
     if mode in HIGH_BIT_DEPTH_MODES:
         return float(2 ** (bit_depth or 16) - 1)
-    return 1.0 if mode == "F" else 255.0
+    return 1.0 if mode in _UNIT_RANGE_MODES else 255.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -114,39 +130,21 @@ def _full_scale(mode: str, bit_depth: int | None) -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _high_bit_depth_tensor(image: Image.Image, path: str, bit_depth: int | None) -> torch.Tensor:
-    """A 16/32-bit integer or float grayscale image as ``(3, H, W)`` float32 in ``[0, 1]``, never clipped."""
-    values = np.asarray(image)
-    if image.mode == "F":
-        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
-            msg = (f"{path}: floating-point image with values in [{values.min():g}, {values.max():g}]; only float "
-                   "images in [0, 1] can be read. Window and rescale it (e.g. to 8 or 16-bit) first.")
-            raise ImageFileError(msg)
-        scaled = values.astype(np.float32)
-    else:
-        full_scale = _full_scale(image.mode, bit_depth)
-        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
-        if low < 0 or high > full_scale:
-            # Signed (e.g. Hounsfield units) or wider than declared: clipping would silently destroy it.
-            bits = f"bit_depth={bit_depth}" if bit_depth else "16 bits"
-            msg = (f"{path}: pixel values in [{low}, {high}] do not fit {bits} (0..{full_scale:.0f}); set bit_depth "
-                   "to the bits the file stores, or window and rescale it to unsigned 8/16-bit first.")
-            raise ImageFileError(msg)
-        scaled = values.astype(np.float32) / np.float32(full_scale)
-    return torch.from_numpy(np.ascontiguousarray(scaled)).expand(3, -1, -1).contiguous()
+def read_image_tensor(path: str | Path, bit_depth: int | None = None, config: ReaderConfig | None = None) -> TVImage:
+    """Read an image as anomalib's datasets expect it: ``(3, H, W)`` float32 RGB in ``[0, 1]``.
 
-
-def read_image_tensor(path: str | Path, bit_depth: int | None = None) -> TVImage:
-    """Read an image file as anomalib's datasets expect it: ``(3, H, W)`` float32 RGB in ``[0, 1]``.
-
-    8-bit files (grayscale, RGB, palette, with or without alpha, which is dropped) give exactly what
-    ``anomalib.data.utils.read_image(path, as_tensor=True)`` gives. 16-bit grayscale files are divided by
-    ``2**bit_depth - 1`` instead of being clipped at 255; float files must already lie in ``[0, 1]``.
+    This is :func:`anomalib_salad.reader.read_image` as a tensor. 8-bit files (grayscale, RGB, palette, with or
+    without alpha, which is dropped) give exactly what ``anomalib.data.utils.read_image(path, as_tensor=True)``
+    gives. 16-bit grayscale files are divided by ``2**bit_depth - 1`` instead of being clipped at 255; float
+    files must already lie in ``[0, 1]``. DICOM files, their frames (``path:frame:k``) and NIfTI slices
+    (``path:axis:index``) are read by the rules of :mod:`anomalib_salad.reader`.
 
     Args:
-        path: The image file.
+        path: The image file, or the id of a frame or slice.
         bit_depth: Bits stored per pixel in 16-bit grayscale files (e.g. ``12`` for 12-bit exports in a 16-bit
-            PNG); ignored for 8-bit files. ``None`` uses the container's 16 bits. Defaults to ``None``.
+            PNG); ignored for 8-bit files. ``None`` keeps ``config``'s (the container's 16 bits by default).
+            Defaults to ``None``.
+        config: Reader settings (DICOM window, NIfTI axis, ...). Defaults to ``None`` (the defaults).
 
     Returns:
         TVImage: ``(3, H, W)`` float32 in ``[0, 1]``.
@@ -155,24 +153,18 @@ def read_image_tensor(path: str | Path, bit_depth: int | None = None) -> TVImage
         ImageFileError: If the file cannot be decoded, or its values do not fit ``bit_depth``; the message names
             the file.
     """
-    bit_depth = _check_bit_depth(bit_depth)
-    path = str(path)
+    config = _reader_config(config, bit_depth)
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in HIGH_BIT_DEPTH_MODES or image.mode == "F":
-                return TVImage(_high_bit_depth_tensor(image, path, bit_depth))
-            # Same calls as anomalib's read_image, so 8-bit files read identically with or without this module.
-            # (Pillow already reduces 16-bit RGB(A) and gray+alpha PNGs to 8 bits, i.e. scales them correctly.)
-            return to_dtype(to_image(image.convert("RGB")), torch.float32, scale=True)
-    except ImageFileError:
-        raise
-    except Exception as error:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...)
-        raise ImageFileError(f"{path}: {_reason(path, error)}") from error
+        array = reader.read_image(path, config)
+    except ImageReadError as error:
+        raise ImageFileError(str(error)) from error
+    return TVImage(torch.from_numpy(array).permute(2, 0, 1).contiguous())
 
 
 def _reason(path: str, error: Exception) -> str:
     """A short reason why ``path`` could not be read."""
+    if isinstance(error, ImageReadError):
+        return error.reason
     if isinstance(error, FileNotFoundError):
         return "file not found"
     try:
@@ -180,8 +172,7 @@ def _reason(path: str, error: Exception) -> str:
             return "empty file (0 bytes)"
     except OSError:
         pass
-    text = str(error).replace(f"'{path}'", "").strip()
-    return f"cannot be decoded as an image ({type(error).__name__}: {text})"
+    return reader.decode_reason(path, error)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,9 +186,11 @@ class ImageInfo:
 
     Attributes:
         path: The file.
-        mode: Pillow mode (``"L"``, ``"RGB"``, ``"I;16"``, ...), ``None`` if unreadable.
+        mode: Pillow mode (``"L"``, ``"RGB"``, ``"I;16"``, ...), or ``"DICOM"`` / ``"NIfTI"``; ``None`` if
+            unreadable.
         size: ``(width, height)``, ``None`` if unreadable.
-        extrema: Lowest and highest raw value over the colour channels (alpha excluded).
+        extrema: Lowest and highest raw value over the colour channels (alpha excluded); for DICOM and NIfTI,
+            of the reader's output in ``[0, 1]`` over all frames / kept slices.
         translucent: The file has an alpha channel that is not fully opaque (readers drop alpha).
         error: Why the file cannot be read; ``None`` if it can.
         note: Why it is suspiciously large (above Pillow's decompression-bomb warning limit), or ``None``.
@@ -212,35 +205,57 @@ class ImageInfo:
     note: str | None = None
 
 
-_CACHE: dict[str, tuple[tuple[int, int], ImageInfo]] = {}  # path -> ((size, mtime_ns), info)
+_CACHE: dict[tuple[str, ReaderConfig | None], tuple[tuple[int, int], ImageInfo]] = {}  # -> ((size, mtime), info)
 _LOGGED: set[str] = set()  # warnings already logged in this process
 
 
-def inspect_image(path: str | Path) -> ImageInfo:
+def inspect_image(path: str | Path, config: ReaderConfig | None = None) -> ImageInfo:
     """Decode one file fully and summarise it; never raises for a bad file.
 
     The result is cached per path and file size / modification time, so scanning the same dataset again
     (fit, then test, then predict) costs one ``stat`` per file.
 
     Args:
-        path: The image file.
+        path: The image file, or the id of a DICOM frame or NIfTI slice (``path:axis:index``).
+        config: Reader settings for DICOM and NIfTI files (window, axis, ...); PNG/TIFF files are summarised
+            raw, ``bit_depth`` is applied when their problems are judged. Defaults to ``None`` (the defaults).
 
     Returns:
-        ImageInfo: Mode, size, value range, alpha, or the reason it cannot be read.
+        ImageInfo: Mode (Pillow's, or ``"DICOM"`` / ``"NIfTI"`` with extrema of the reader's ``[0, 1]`` output),
+        size, value range, alpha, or the reason it cannot be read.
     """
     path = str(path)
+    file = ImageRef.parse(path).path
     try:
-        stat = os.stat(path)
+        stat = os.stat(file)
     except OSError as error:
         reason = "file not found" if isinstance(error, FileNotFoundError) else f"cannot be opened ({error})"
         return ImageInfo(path, error=reason)
+    medical = reader.file_format(file) != "image"
+    cache_key = (path, config.replace(bit_depth=None) if medical and config else None)
     key = (stat.st_size, stat.st_mtime_ns)
-    cached = _CACHE.get(path)
+    cached = _CACHE.get(cache_key)
     if cached is not None and cached[0] == key:
         return cached[1]
-    info = _inspect_uncached(path)
-    _CACHE[path] = (key, info)
+    info = _inspect_with_reader(path, config) if medical else _inspect_uncached(path)
+    _CACHE[cache_key] = (key, info)
     return info
+
+
+def _inspect_with_reader(path: str, config: ReaderConfig | None) -> ImageInfo:
+    """A DICOM file (every frame) or NIfTI volume (every kept slice), or one frame / slice, through the reader."""
+    ref = ImageRef.parse(path)
+    mode = "DICOM" if reader.file_format(ref.path) == "dicom" else "NIfTI"
+    try:
+        if ref.axis is None:
+            images = [image for _, image in reader.read_images(ref.path, config)]
+        else:
+            images = [reader.read_image(ref, config)]
+    except (ImageReadError, ValueError) as error:
+        return ImageInfo(path, error=_reason(path, error))
+    extrema = (min(float(image.min()) for image in images), max(float(image.max()) for image in images))
+    height, width = images[0].shape[:2]
+    return ImageInfo(path, mode, (width, height), extrema)
 
 
 def _inspect_uncached(path: str) -> ImageInfo:
@@ -296,8 +311,8 @@ def _warnings(
     """Readable but suspicious files, grouped: ``[(kind, reason, files), ...]``."""
     readable = [i for i in infos if i.error is None]
     groups: list[tuple[str, str, list[ImageInfo]]] = []
-    dark = [i for i in readable
-            if i.mode != "F" and i.extrema[0] < i.extrema[1] < _full_scale(i.mode, bit_depth) * DARK_FRACTION]
+    dark = [i for i in readable if i.mode not in _UNIT_RANGE_MODES
+            and i.extrema[0] < i.extrema[1] < _full_scale(i.mode, bit_depth) * DARK_FRACTION]
     dark_8bit = [i for i in dark if i.mode not in HIGH_BIT_DEPTH_MODES]
     if dark_8bit:
         top = max(i.extrema[1] for i in dark_8bit)
@@ -309,6 +324,11 @@ def _warnings(
         hint = _bits_hint(top) if bit_depth is None else ""
         groups.append(("dark", f"are 16-bit files read as 0..{_full_scale('I;16', bit_depth):g} but no pixel exceeds "
                        f"{top:g}, so they look nearly black to the model{hint}", dark_16bit))
+    flat = [i for i in readable if i.mode == "DICOM" and 0 < i.extrema[1] - i.extrema[0] < DARK_FRACTION]
+    if flat:
+        groups.append(("dark", f"use less than 1/{1 / DARK_FRACTION:.0f} of the intensity range after the VOI step "
+                       "(no window in the file, so the full stored range is used?); set a window, e.g. "
+                       "window='brain', 'lung' or 'center,width'", flat))
     constant = [i for i in readable if i.extrema[0] == i.extrema[1]]
     if constant:
         groups.append(("constant", "are constant: every pixel has the same value (an empty export?)", constant))
@@ -352,12 +372,15 @@ def _error(problems: Sequence[str], total: int, what: str) -> ImageFileError:
     return ImageFileError(msg, problems)
 
 
-def scan_image_files(paths: Iterable[str | Path], threads: int | None = None) -> list[ImageInfo]:
+def scan_image_files(
+    paths: Iterable[str | Path], threads: int | None = None, config: ReaderConfig | None = None
+) -> list[ImageInfo]:
     """:func:`inspect_image` for every file, in threads (Pillow decodes without the GIL).
 
     Args:
-        paths: The image files.
+        paths: The image files (or frame / slice ids).
         threads: Decoding threads. Defaults to ``min(8, os.cpu_count())``.
+        config: Reader settings for DICOM and NIfTI files. Defaults to ``None`` (the defaults).
 
     Returns:
         list[ImageInfo]: One entry per file, in order.
@@ -366,8 +389,8 @@ def scan_image_files(paths: Iterable[str | Path], threads: int | None = None) ->
     threads = threads or min(8, os.cpu_count() or 1)
     if threads > 1 and len(paths) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(inspect_image, paths))
-    return [inspect_image(p) for p in paths]
+            return list(pool.map(lambda path: inspect_image(path, config), paths))
+    return [inspect_image(p, config) for p in paths]
 
 
 def image_file_problems(
@@ -386,6 +409,7 @@ def check_image_files(
     min_side: int | None = None,
     what: str = "image files",
     threads: int | None = None,
+    config: ReaderConfig | None = None,
 ) -> list[ImageInfo]:
     """Decode every file once and fail with a message naming each file that cannot be used.
 
@@ -402,6 +426,7 @@ def check_image_files(
         min_side: Side of the network input, to warn about images upscaled more than 2x. Defaults to ``None``.
         what: How the files are called in messages, e.g. ``"training images"``. Defaults to ``"image files"``.
         threads: Decoding threads. Defaults to ``min(8, os.cpu_count())``.
+        config: Reader settings for DICOM and NIfTI files (window, axis, ...). Defaults to ``None``.
 
     Returns:
         list[ImageInfo]: One entry per file, in order.
@@ -410,7 +435,7 @@ def check_image_files(
         ImageFileError: If any file cannot be read, or would be clipped, or does not fit ``bit_depth``.
     """
     bit_depth = _check_bit_depth(bit_depth)
-    infos = scan_image_files(paths, threads)
+    infos = scan_image_files(paths, threads, config)
     problems = image_file_problems(infos, bit_depth, reads_high_bit_depth)
     if problems:
         raise _error(problems, len(infos), what)
@@ -423,26 +448,78 @@ def check_image_files(
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _expand_items(paths: Iterable[str], config: ReaderConfig) -> list[list[str]]:
+    """The item ids of each file: itself, its DICOM frames, or its kept NIfTI slices."""
+    expanded = []
+    for path in paths:
+        try:
+            expanded.append(reader.list_items(path, config))
+        except ImageReadError as error:
+            raise ImageFileError(str(error), [str(error)]) from error
+    return expanded
+
+
 class CheckedFolderDataset(FolderDataset):
     """anomalib's ``FolderDataset`` reading images with :func:`read_image_tensor` (16-bit aware, names files).
+
+    Samples are files until :meth:`expand_items` replaces each DICOM file by its frames and each NIfTI volume
+    by its kept slices (ids ``path:frame:k`` / ``path:axis:index``); :class:`CheckedFolder` does that after
+    splitting, so that frames and slices of one file never land in two splits.
 
     Args:
         *args: ``FolderDataset`` arguments.
         bit_depth: Bits stored per pixel in 16-bit grayscale files. Defaults to ``None`` (16).
+        reader_config: Reader settings (DICOM window, NIfTI axis, ...). Defaults to ``None`` (the defaults).
         **kwargs: ``FolderDataset`` keyword arguments.
     """
 
     reads_high_bit_depth = True
 
-    def __init__(self, *args, bit_depth: int | None = None, **kwargs) -> None:
+    def __init__(
+        self, *args, bit_depth: int | None = None, reader_config: ReaderConfig | None = None, **kwargs
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.bit_depth = _check_bit_depth(bit_depth)
+        self.reader_config = _reader_config(reader_config, bit_depth)
+        self.bit_depth = self.reader_config.bit_depth
+        self.items_expanded = False
+        names = self._samples.image_path.str.lower()
+        # Folder's suffix filter needs ".gz" to let ".nii.gz" in; other gzip files are not images.
+        self._samples = self._samples[~names.str.endswith(".gz") | names.str.endswith(".nii.gz")]
+
+    @property
+    def samples(self) -> DataFrame:
+        """The samples; ``image_path`` holds a file or a frame / slice id."""
+        return FolderDataset.samples.fget(self)
+
+    @samples.setter
+    def samples(self, samples: DataFrame) -> None:
+        # anomalib's setter checks that each image_path exists; for a frame or slice id the file behind it must.
+        if not isinstance(samples, DataFrame) or not {"image_path", "split"} <= set(samples.columns):
+            msg = f"samples must be a pandas.DataFrame with (at least) columns image_path and split, got {samples!r}"
+            raise ValueError(msg)
+        missing = [p for p in samples.image_path if not Path(ImageRef.parse(p).path).exists()]
+        if missing:
+            msg = f"missing file path(s) in samples: {missing[:5]}"
+            raise FileNotFoundError(msg)
+        self._samples = samples
+
+    def expand_items(self) -> None:
+        """Replace each file by the 2-D images in it (once); single images stay as they are."""
+        if self.items_expanded:
+            return
+        samples = self.samples
+        ids = _expand_items(samples.image_path, self.reader_config)
+        rows = samples.index.repeat([len(items) for items in ids])
+        expanded = samples.loc[rows].reset_index(drop=True)
+        expanded["image_path"] = [item for items in ids for item in items]
+        self._samples = expanded
+        self.items_expanded = True
 
     def __getitem__(self, index: int) -> ImageItem:
         """``AnomalibDataset.__getitem__`` with the image read by :func:`read_image_tensor`."""
         sample = self.samples.iloc[index]
         image_path, mask_path, label_index = sample.image_path, sample.mask_path, sample.label_index
-        image = read_image_tensor(image_path, self.bit_depth)
+        image = read_image_tensor(image_path, config=self.reader_config)
         gt_mask = None
         if self.task == TaskType.SEGMENTATION:
             if label_index == LabelName.NORMAL:
@@ -460,72 +537,193 @@ class CheckedFolderDataset(FolderDataset):
         return ImageItem(image=image, gt_mask=gt_mask, gt_label=gt_label, image_path=image_path, mask_path=mask_path)
 
 
-class CheckedPredictDataset(PredictDataset):
-    """anomalib's ``PredictDataset`` (an image or a folder) reading with :func:`read_image_tensor`.
+def _predict_files(path: str | Path) -> list[str]:
+    """Files under ``path``, or ``[path]`` for a file or an item id."""
+    path = Path(path)
+    if path.is_dir():
+        files = [str(file) for file in reader.list_files(path)]
+    elif path.is_file() or ImageRef.parse(path).axis is not None:
+        files = [str(path)]
+    else:
+        msg = f"Prediction input not found: {path}"
+        raise FileNotFoundError(msg)
+    if not files:
+        msg = f"No readable files (suffixes {list(reader.SUPPORTED_SUFFIXES)}, or DICOM) in {path}"
+        raise FileNotFoundError(msg)
+    return files
 
-    Pass it as ``Engine.predict(model, dataset=CheckedPredictDataset(path, bit_depth=12))``.
+
+class CheckedPredictDataset(PredictDataset):
+    """anomalib's ``PredictDataset`` (an image, a DICOM file or NIfTI volume, or a folder) reading with the reader.
+
+    Pass it as ``Engine.predict(model, dataset=CheckedPredictDataset(path, bit_depth=12))``, or on the command
+    line: ``anomalib predict ... --data anomalib_salad.image_io.CheckedPredictDataset --data.path scans/``.
+    Folders are searched recursively; DICOM files give one item per frame and NIfTI volumes one per kept slice,
+    named ``path:frame:k`` / ``path:axis:index`` in ``image_path``.
 
     Args:
-        path: An image file or a folder of images.
+        path: An image file, a DICOM / NIfTI file, a frame or slice id, or a folder.
         bit_depth: Bits stored per pixel in 16-bit grayscale files. Defaults to ``None`` (16).
         check_files: Scan all files now with :func:`check_image_files`. Defaults to ``True``.
-        **kwargs: ``PredictDataset`` keyword arguments (``transform``).
+        window: DICOM VOI window (see :class:`~anomalib_salad.reader.ReaderConfig`). Defaults to ``None``
+            (``"file"``).
+        axis: NIfTI slicing axis. Defaults to ``None`` (2).
+        reader_config: All reader settings at once; ``bit_depth``, ``window`` and ``axis`` override it.
+            Defaults to ``None``.
+        **kwargs: ``PredictDataset`` keyword arguments (``transform``, ``image_size``).
     """
 
     reads_high_bit_depth = True
 
-    def __init__(self, path: str | Path, bit_depth: int | None = None, check_files: bool = True, **kwargs) -> None:
-        super().__init__(path, **kwargs)
-        self.bit_depth = _check_bit_depth(bit_depth)
+    def __init__(
+        self,
+        path: str | Path,
+        bit_depth: int | None = None,
+        check_files: bool = True,
+        window: str | None = None,
+        axis: int | None = None,
+        reader_config: ReaderConfig | None = None,
+        **kwargs,
+    ) -> None:
+        # PredictDataset.__init__ lists files with anomalib's suffixes, which leave out DICOM and NIfTI.
+        Dataset.__init__(self)
+        self.transform = kwargs.pop("transform", None)
+        self.image_size = kwargs.pop("image_size", (256, 256))
+        if kwargs:
+            msg = f"unexpected arguments {sorted(kwargs)}"
+            raise TypeError(msg)
+        self.reader_config = _reader_config(reader_config, bit_depth).replace(window=window, axis=axis)
+        self.bit_depth = self.reader_config.bit_depth
         self.files_checked = check_files
+        files = _predict_files(path)
         if check_files:
-            check_image_files(self.image_filenames, self.bit_depth, what=f"images in {path}")
+            check_image_files(files, self.bit_depth, what=f"images in {path}", config=self.reader_config)
+        self.image_filenames = [item for items in _expand_items(files, self.reader_config) for item in items]
 
     def __getitem__(self, index: int) -> ImageItem:
         """The image at ``index``, read by :func:`read_image_tensor`."""
         path = self.image_filenames[index]
-        image = read_image_tensor(path, self.bit_depth)
+        image = read_image_tensor(path, config=self.reader_config)
         if self.transform:
             image = self.transform(image)
         return ImageItem(image=image, image_path=str(path))
 
 
 class CheckedFolder(Folder):
-    """anomalib's ``Folder`` datamodule that reads 16-bit files correctly and checks every file at setup.
+    """anomalib's ``Folder`` datamodule that reads 16-bit, DICOM and NIfTI files and checks every file at setup.
 
-    Every image of every split is decoded once when the datamodule is set up, and an :class:`ImageFileError`
+    Every file of every split is decoded once when the datamodule is set up, and an :class:`ImageFileError`
     names each unreadable file before training starts (anomalib would fail at the first batch holding it).
     Images are read by :func:`read_image_tensor`: 8-bit files exactly as anomalib reads them, 16-bit grayscale
-    files divided by ``2**bit_depth - 1``.
+    files divided by ``2**bit_depth - 1``, DICOM and NIfTI by the rules of :mod:`anomalib_salad.reader`.
+
+    Splits (anomalib's, seeded by ``seed``) are drawn over files; only then is each DICOM file replaced by its
+    frames and each NIfTI volume by its kept slices, so one scan never lands in two splits.
 
     Args:
         *args: ``anomalib.data.Folder`` arguments (``name``, ``normal_dir``, ``root``, ``abnormal_dir``, ...).
         bit_depth: Bits stored per pixel in 16-bit grayscale files, e.g. ``12`` for 12-bit medical exports in
             16-bit PNGs; ignored for 8-bit files. ``None`` divides by 65535. Defaults to ``None``.
         check_files: Scan all files at setup. Defaults to ``True``.
-        **kwargs: ``anomalib.data.Folder`` keyword arguments.
+        window: DICOM VOI: ``"file"`` (the file's VOI LUT or window, else the full stored range), ``"range"``,
+            a preset (``"brain"``, ``"lung"``, ``"bone"``, ...) or ``"center,width"`` in modality units (HU).
+            Defaults to ``None`` (``"file"``).
+        axis: NIfTI: voxel-array axis to cut volumes along. Defaults to ``None`` (2).
+        percentiles: NIfTI: foreground percentiles mapped to 0 and 1. Defaults to ``None`` (0.5, 99.5).
+        min_tissue: NIfTI: slices with a smaller fraction of tissue pixels are skipped. Defaults to ``None``
+            (0.01).
+        **kwargs: ``anomalib.data.Folder`` keyword arguments. ``extensions`` defaults to anomalib's image
+            suffixes plus ``.dcm``, ``.dicom``, ``.nii`` and ``.gz`` (anomalib matches the last suffix; ``.gz``
+            files other than ``.nii.gz`` are dropped). DICOM files without a suffix are not found here (rename
+            them to ``.dcm``); ``salad-score`` finds them by their preamble.
 
     Example:
         >>> datamodule = CheckedFolder(name="ct", root="ct_pngs", normal_dir="train/normal",
         ...                            abnormal_dir="test/abnormal", bit_depth=12)  # doctest: +SKIP
     """
 
-    def __init__(self, *args, bit_depth: int | None = None, check_files: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        bit_depth: int | None = None,
+        check_files: bool = True,
+        window: str | None = None,
+        axis: int | None = None,
+        percentiles: tuple[float, float] | None = None,
+        min_tissue: float | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.bit_depth = _check_bit_depth(bit_depth)
+        self.reader_config = ReaderConfig(bit_depth=_check_bit_depth(bit_depth)).replace(
+            window=window, axis=axis, percentiles=None if percentiles is None else tuple(percentiles),
+            min_tissue=min_tissue,
+        )
+        self.bit_depth = self.reader_config.bit_depth
         self.check_files = check_files
+        if self.extensions is None:
+            self.extensions = MEDICAL_EXTENSIONS
 
     def _setup(self, _stage: str | None = None) -> None:
         # Folder._setup with the checked dataset class; the val split is a deep copy of it, so it reads alike.
         folder_args = {"name": self.name, "root": self.root, "normal_dir": self.normal_dir,
                        "abnormal_dir": self.abnormal_dir, "normal_test_dir": self.normal_test_dir,
-                       "mask_dir": self.mask_dir, "extensions": self.extensions, "bit_depth": self.bit_depth}
+                       "mask_dir": self.mask_dir, "extensions": self.extensions, "reader_config": self.reader_config}
         self.train_data = CheckedFolderDataset(split=Split.TRAIN, **folder_args)
         self.test_data = CheckedFolderDataset(split=Split.TEST, **folder_args)
         if self.check_files:
             paths = [*self.train_data.samples.image_path, *self.test_data.samples.image_path]
-            check_image_files(paths, self.bit_depth, what=f"images of dataset {self.name!r}")
+            check_image_files(paths, self.bit_depth, what=f"images of dataset {self.name!r}",
+                              config=self.reader_config)
             self.train_data.files_checked = self.test_data.files_checked = True  # the val split copies test_data
+
+    def setup(self, stage: str | None = None) -> None:
+        """Set up as anomalib does (datasets, then seeded test / validation splits over files), then frames / slices."""
+        super().setup(stage)
+        for split in ("train", "val", "test"):
+            dataset = getattr(self, f"{split}_data", None)
+            if isinstance(dataset, CheckedFolderDataset):
+                dataset.expand_items()
+
+
+class MedicalFolder(CheckedFolder):
+    """:class:`CheckedFolder` with the usual layout as defaults: point ``root`` at a folder of scans.
+
+    ``root/train/normal`` holds normal training scans, ``root/test/normal`` and ``root/test/abnormal`` the test
+    scans (half of them, label-stratified and seeded, become the validation set that fits the threshold). Any
+    mix of PNG/JPEG/TIFF, DICOM (``.dcm``) and NIfTI (``.nii``, ``.nii.gz``) files, in sub-folders too::
+
+        anomalib train --model anomalib_salad.Salad --data anomalib_salad.MedicalFolder --data.root scans
+
+    Args:
+        root: The dataset folder.
+        name: Dataset name (in logs and result paths). Defaults to ``"scans"``.
+        normal_dir: Normal training files, relative to ``root``. Defaults to ``"train/normal"``.
+        abnormal_dir: Abnormal test files. Defaults to ``"test/abnormal"``.
+        normal_test_dir: Normal test files. Defaults to ``"test/normal"``.
+        train_batch_size: Training batch size. Defaults to ``32``.
+        eval_batch_size: Evaluation batch size. Defaults to ``32``.
+        num_workers: Data loader workers. Defaults to ``0``.
+        seed: Seed of the splits. Defaults to ``0``.
+        **kwargs: Further :class:`CheckedFolder` / ``Folder`` arguments (``window``, ``axis``, ``bit_depth``,
+            ``val_split_ratio``, ...).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        name: str = "scans",
+        normal_dir: str | Path = "train/normal",
+        abnormal_dir: str | Path | None = "test/abnormal",
+        normal_test_dir: str | Path | None = "test/normal",
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int | None = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(name=name, normal_dir=normal_dir, root=root, abnormal_dir=abnormal_dir,
+                         normal_test_dir=normal_test_dir, train_batch_size=train_batch_size,
+                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -546,12 +744,18 @@ def _datasets(loaders: Any) -> Iterator[Any]:
 
 
 def _image_paths(dataset: Any) -> list[str] | None:
-    """Image files of an anomalib dataset (``samples.image_path``) or ``PredictDataset``, else ``None``."""
+    """Image files of an anomalib dataset (``samples.image_path``) or ``PredictDataset``, else ``None``.
+
+    Frame and slice ids count as their file, once: a file is decoded whole when it is scanned.
+    """
     samples = getattr(dataset, "samples", None)
     if samples is not None and "image_path" in getattr(samples, "columns", ()):
-        return [str(p) for p in samples.image_path]
-    filenames = getattr(dataset, "image_filenames", None)
-    return [str(p) for p in filenames] if filenames is not None else None
+        paths = samples.image_path
+    else:
+        paths = getattr(dataset, "image_filenames", None)
+        if paths is None:
+            return None
+    return list(dict.fromkeys(ImageRef.parse(p).path for p in paths))
 
 
 class ImageFileCheck(Callback):
@@ -585,7 +789,7 @@ class ImageFileCheck(Callback):
             paths = _image_paths(dataset)
             if paths is None or dataset in self._checked:
                 continue
-            infos = scan_image_files(paths, self.threads)
+            infos = scan_image_files(paths, self.threads, getattr(dataset, "reader_config", None))
             total += len(infos)
             bit_depth = getattr(dataset, "bit_depth", None)
             name = f" of dataset {dataset.name!r}" if isinstance(getattr(dataset, "name", None), str) else ""
@@ -628,3 +832,87 @@ class ImageFileCheck(Callback):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Scan predict loaders, e.g. ``anomalib predict --data <folder>``."""
         self._check_loaders(trainer.predict_dataloaders, pl_module, "predict")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Visualizer that draws the originals through the reader
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _visual_name(image_path: str) -> str:
+    """Where the overlay of ``image_path`` is saved: PNG/JPEG names as anomalib saves them, others as ``.png``.
+
+    ``scan.dcm`` -> ``scan.dcm.png``, ``brain.nii.gz:2:40`` -> ``brain.nii.gz_2_40.png``.
+    """
+    ref = ImageRef.parse(image_path)
+    if ref.axis is None and reader.file_format(ref.path) == "image":
+        return ref.path
+    return f"{ref.path}_{ref.axis}_{ref.index}.png" if ref.axis is not None else f"{ref.path}.png"
+
+
+def _trainer_reader_config(trainer: Trainer) -> ReaderConfig | None:
+    """The reader settings of the run's datamodule or data loaders, if they have any."""
+    config = getattr(getattr(trainer, "datamodule", None), "reader_config", None)
+    if config is not None:
+        return config
+    for loaders in (trainer.test_dataloaders, trainer.predict_dataloaders):
+        for dataset in _datasets(loaders):
+            if getattr(dataset, "reader_config", None) is not None:
+                return dataset.reader_config
+    return None
+
+
+class ReaderVisualizer(ImageVisualizer):
+    """anomalib's ``ImageVisualizer``, drawing each original read by :func:`read_image_tensor`.
+
+    anomalib's visualizer reopens every original with ``Image.open(path).convert("RGB")``: that fails on DICOM
+    files and on frame / slice ids, and shows 16-bit files clipped. This one reads them with the run's reader
+    settings (the datamodule's or dataset's ``reader_config``) and saves every overlay as a PNG next to where
+    anomalib would (``scan.dcm`` -> ``scan.dcm.png``, ``brain.nii.gz:2:40`` -> ``brain.nii.gz_2_40.png``).
+
+    Args:
+        *args: ``ImageVisualizer`` arguments.
+        **kwargs: ``ImageVisualizer`` keyword arguments.
+
+    Example:
+        >>> from anomalib_salad import Salad
+        >>> model = Salad(visualizer=ReaderVisualizer())  # doctest: +SKIP
+    """
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Save one overlay per image of the batch."""
+        del pl_module, outputs, batch_idx, dataloader_idx
+        if self.output_dir is None:
+            self.output_dir = Path(trainer.default_root_dir) / "images"
+        config = _trainer_reader_config(trainer)
+        datamodule = getattr(trainer, "datamodule", None)
+        for item in batch:
+            image_path = item.image_path
+            if image_path:
+                item.image = read_image_tensor(image_path, config=config)
+                item.image_path = None  # anomalib would reopen the file with Pillow
+            image = visualize_image_item(
+                item,
+                fields=self.fields,
+                overlay_fields=self.overlay_fields,
+                field_size=self.field_size,
+                fields_config=self.fields_config,
+                overlay_fields_config=self.overlay_fields_config,
+                text_config=self.text_config,
+            )
+            if image is not None:
+                filename = generate_output_filename(
+                    input_path=_visual_name(image_path) if image_path else "",
+                    output_path=self.output_dir,
+                    dataset_name=getattr(datamodule, "name", None) if datamodule else None,
+                    category=getattr(datamodule, "category", None) if datamodule else None,
+                )
+                image.save(filename)

@@ -28,14 +28,16 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
-from anomalib.visualization import Visualizer
+from anomalib.visualization import ImageVisualizer, Visualizer
 from lightning.pytorch import Callback
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from .image_io import ImageFileCheck
+from .cache import ImageCache
+from .hardware import native_bf16
+from .image_io import ImageFileCheck, ReaderVisualizer
 from .loss import (
     CenterLoss,
     GeneratorLoss,
@@ -47,7 +49,7 @@ from .loss import (
 from .metrics import AUROC, paper_metrics
 from .post_processing import fitted_post_processing
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
-from .torch_model import NonFiniteInputError, SaladModel, ScoreType, phase_decomposed
+from .torch_model import NonFiniteInputError, PatchDiscriminator, SaladModel, ScoreType, phase_decomposed
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -57,6 +59,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["LinearDecay", "Salad"]
 
 RNG_KEY = "salad_rng_states"
+#: Steps between reads of the non-finite flags on an accelerator (each read waits for the device).
+DEFERRED_CHECK_STEPS = 50
 
 
 class LinearDecay:
@@ -128,6 +132,9 @@ class Salad(AnomalibModule):
         score: ``"feature"`` (A_F, the paper), ``"image"`` (A_I) or ``"center"`` (A_C), Table V.
             Defaults to ``"feature"``.
         disc_channels: Width of the PatchGAN's first layer. Defaults to ``64``.
+        disc_layers: Stride-2 layers of the PatchGAN. ``None`` scales its patches to the image as the paper's
+            70x70 patches are to 256 px: ``log2(image_size) - 5`` layers, at least 1 (3 at 256 px, 1 at 64 px,
+            whose 16x16 patches cover 25 % of the side). Defaults to ``None``.
         feature_disc_hidden: Hidden widths of the MLP feature discriminator. Defaults to ``(512, 256)``.
         lr: Adam learning rate of both optimizers. Defaults to ``2e-4``.
         beta1: Adam beta1. Defaults to ``0.5``.
@@ -137,6 +144,17 @@ class Salad(AnomalibModule):
         nonfinite_loss: What a NaN/Inf loss does: ``"raise"`` stops training with an error naming the step and
             the term (checkpoints of earlier epochs stay), ``"skip"`` drops that batch's updates, warns, and
             counts it in the logged ``nonfinite_steps``. Defaults to ``"raise"``.
+        cache_images: Decode and resize the train and validation images once and keep them in memory (float32,
+            bit-identical to the uncached path; grayscale as one channel) on the training device for the whole fit; see
+            :class:`~anomalib_salad.cache.ImageCache`. The pre-processor still runs on every batch, so export is
+            unchanged. Defaults to ``True``.
+        train_precision: ``"auto"`` trains with bf16 autocast where the device computes bf16 natively (AMX or
+            AVX512-BF16 CPUs, recent GPUs) and in fp32 elsewhere; ``"32"`` always fp32; ``"bf16"`` always bf16
+            (refused on a CPU without native bf16, where it runs ~27x slower). Losses, the center and scoring stay
+            fp32. Defaults to ``"auto"``.
+        channels_last: Train in the channels-last memory format. Defaults to ``False``.
+        compile_networks: ``torch.compile`` the networks for the fit (compilation takes a minute or more at the
+            start; the checkpoint and export are unchanged). Defaults to ``False``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -170,12 +188,17 @@ class Salad(AnomalibModule):
         shuffle_tiles: int = 300,
         score: ScoreType = "feature",
         disc_channels: int = 64,
+        disc_layers: int | None = None,
         feature_disc_hidden: Sequence[int] = (512, 256),
         lr: float = 2e-4,
         beta1: float = 0.5,
         beta2: float = 0.999,
         constant_lr_fraction: float = 0.5,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
+        cache_images: bool = True,
+        train_precision: Literal["auto", "32", "bf16"] = "auto",
+        channels_last: bool = False,
+        compile_networks: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -208,6 +231,7 @@ class Salad(AnomalibModule):
             restoration_shared_layers=restoration_shared_layers,
             discriminators=self.loss.active("adv"),
             disc_channels=disc_channels,
+            disc_layers=disc_layers,
             feature_disc_hidden=feature_disc_hidden,
             score=score,
         )
@@ -223,6 +247,13 @@ class Salad(AnomalibModule):
         self.lr, self.betas, self.constant_lr_fraction = lr, (beta1, beta2), constant_lr_fraction
         self.nonfinite_loss = nonfinite_loss
         self.nonfinite_steps = 0
+        if train_precision not in {"auto", "32", "bf16"}:
+            msg = f"train_precision must be 'auto', '32' or 'bf16', got {train_precision!r}"
+            raise ValueError(msg)
+        self.cache_images, self.train_precision = cache_images, train_precision
+        self.channels_last, self.compile_networks = channels_last, compile_networks
+        self.bf16 = False  # decided in setup("fit") from the training device
+        self._pending_checks: list[tuple[int, Tensor, list[str]]] = []
         self.automatic_optimization = False
 
     @classmethod
@@ -244,11 +275,18 @@ class Salad(AnomalibModule):
         size = image_size or 256
         size = (size, size) if isinstance(size, int) else tuple(size)
         return PreProcessor(
-            transform=Compose([
-                Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=False),
-                Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
-            ]),
+            transform=Compose(
+                [
+                    Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=False),
+                    Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
+                ]
+            ),
         )
+
+    @classmethod
+    def configure_visualizer(cls) -> ImageVisualizer:
+        """The image visualizer, drawing originals with the project's reader (DICOM, NIfTI slices, 16-bit)."""
+        return ReaderVisualizer()
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -271,7 +309,7 @@ class Salad(AnomalibModule):
         """
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, ImageFileCheck()]
+        return [*callbacks, ImageFileCheck(), *([ImageCache()] if self.cache_images else [])]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -382,7 +420,7 @@ class Salad(AnomalibModule):
         super().__setattr__(name, value)
 
     def setup(self, stage: str) -> None:
-        """Prepare DDP for alternating updates.
+        """Prepare DDP for alternating updates, and choose the training precision and memory format.
 
         Runs before Lightning wraps the module in DDP. Each of SALAD's two backward passes leaves the other
         side's parameters without gradients, which plain DDP rejects, so unused-parameter detection is enabled.
@@ -392,6 +430,40 @@ class Salad(AnomalibModule):
         if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
             logger.info("Salad: enabling DDP find_unused_parameters (generator and discriminators update in turn)")
             strategy._ddp_kwargs["find_unused_parameters"] = True
+        if stage == "fit" and strategy is not None:
+            self._configure_speed(strategy.root_device)
+
+    def _configure_speed(self, device: torch.device) -> None:
+        """bf16 autocast where the device has it natively, channels-last and compilation where asked."""
+        native, evidence = native_bf16(device)
+        trainer_bf16 = "bf16" in str(self.trainer.precision)
+        if (self.train_precision == "bf16" or trainer_bf16) and not native and device.type == "cpu":
+            asked = "--model.train_precision bf16" if self.train_precision == "bf16" else "--trainer.precision bf16"
+            msg = (
+                f"Salad: {asked} was asked for, but this CPU has no native bf16 ({evidence}); PyTorch would emulate "
+                "it, about 27x slower than fp32. Use --model.train_precision auto (fp32 here) and the trainer's "
+                "default precision."
+            )
+            raise ValueError(msg)
+        self.bf16 = self.train_precision == "bf16" or (self.train_precision == "auto" and native)
+        logger.info("Salad: training in %s (%s)", "bf16 autocast" if self.bf16 else "fp32", evidence)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.compile_networks:
+            for network in self._networks():
+                network.compile()
+
+    def _networks(self) -> list[torch.nn.Module]:
+        model = self.model
+        candidates = (model.encoder, model.decoder, model.restoration_decoder, *model.discriminator_modules())
+        return [network for network in candidates if network is not None]
+
+    def on_fit_end(self) -> None:
+        """Undo compilation and channels-last, so that export and later use see the plain networks."""
+        for network in self._networks():
+            network._compiled_call_impl = None  # what nn.Module.compile() set
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
 
     def configure_optimizers(self) -> tuple[list[optim.Optimizer], list[optim.lr_scheduler.LRScheduler]]:
         """Adam for the generator side and, with adversarial training, Adam for the discriminators.
@@ -414,49 +486,64 @@ class Salad(AnomalibModule):
     def _network_input(self, batch: Batch, stage: str) -> Tensor:
         """Checked grayscale network input of a pre-processed batch; a NaN/Inf error names the image files."""
         images = batch.image
+        # On an accelerator a per-batch NaN check would wait for the device; in training the loss check catches NaN.
+        check = stage != "training" or images.device.type == "cpu"
         try:
-            return self.model.to_network_input(images)
+            return self.model.to_network_input(images, check_finite=check)
         except NonFiniteInputError as error:
             bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
             paths = [batch.image_path[i] for i in bad] if batch.image_path is not None else bad
             msg = f"Salad {stage}: the batch holds NaN or Inf pixel values in image(s) {paths}"
             raise NonFiniteInputError(msg) from error
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast for the networks' forward passes when :meth:`setup` chose it, else a no-op."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def _generator_terms(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Every active generator-side loss term, and the samples the discriminator step needs."""
+        """Every active generator-side loss term, and the samples the discriminator step needs.
+
+        Networks run under :meth:`_autocast`; each loss is computed in fp32 on ``.float()`` outputs.
+        """
         model, active = self.model, self.loss.active
         terms: dict[str, Tensor] = {}
-        latent = model.encoder(images)
+        with self._autocast():
+            latent = model.encoder(images).float()
         samples = {"latent": latent}
         if active("str"):
-            terms["str"] = self.structure_loss(images, model.decoder(latent))
+            with self._autocast():
+                decoded = model.decoder(latent).float()
+            terms["str"] = self.structure_loss(images, decoded)
         if active("fea") or active("adv"):
             noise = torch.randn_like(latent)
-            fake = model.decoder(noise)
+            with self._autocast():
+                fake = model.decoder(noise)
+                encoded_fake = model.encoder(fake).float() if active("fea") else None
+                adversarial = active("adv")
+                verdicts = (model.feature_discriminator(latent), model.image_discriminator(fake)) if adversarial else ()
             samples |= {"noise": noise, "fake": fake}
             if active("fea"):
-                terms["fea"] = F.l1_loss(model.encoder(fake), noise)
+                terms["fea"] = F.l1_loss(encoded_fake, noise)
             if active("adv"):
-                terms["adv"] = generator_adversarial_loss(
-                    model.feature_discriminator(latent),
-                    model.image_discriminator(fake),
-                )
+                terms["adv"] = generator_adversarial_loss(*(verdict.float() for verdict in verdicts))
         if active("ct"):
             terms["ct"] = self.latent_loss(latent, model.center)
         if active("self"):
             with torch.no_grad():
                 perturbed = self.proxy_task((images + 1) / 2) * 2 - 1
-            terms["self"] = F.l1_loss(model.restoration_decoder(model.encoder(perturbed)), images)
+            with self._autocast():
+                restored = model.restoration_decoder(model.encoder(perturbed)).float()
+            terms["self"] = F.l1_loss(restored, images)
         return terms, samples
 
     def _discriminator_loss(self, images: Tensor, samples: dict[str, Tensor]) -> Tensor:
         """Eqs. (1) + (2) on this step's real images and noise and the pre-update generator's samples."""
         model = self.model
-        image_loss = discriminator_loss(model.image_discriminator(images), model.image_discriminator(samples["fake"]))
-        feature_loss = discriminator_loss(
-            model.feature_discriminator(samples["noise"]),
-            model.feature_discriminator(samples["latent"]),
-        )
+        with self._autocast():
+            on_images = model.image_discriminator(images), model.image_discriminator(samples["fake"])
+            on_latents = model.feature_discriminator(samples["noise"]), model.feature_discriminator(samples["latent"])
+        image_loss = discriminator_loss(*(verdict.float() for verdict in on_images))
+        feature_loss = discriminator_loss(*(verdict.float() for verdict in on_latents))
         return image_loss + feature_loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
@@ -490,21 +577,49 @@ class Salad(AnomalibModule):
                 logs["loss_d"] = disc_loss.detach()
             self.untoggle_optimizer(optimizers[1])
 
-        self.log_dict(logs, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        # Not on the progress bar: it would read every value back from the device each step (a host sync).
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=len(images))
         return {"loss": generator_loss.detach()}
 
     def _finite(self, loss: Tensor, terms: dict[str, Tensor]) -> bool:
         """Whether ``loss`` is finite on every process; otherwise raise, or warn and count, naming step and terms.
 
-        The decision is reduced over processes, so under DDP all ranks skip together and stay in step.
+        The decision is reduced over processes, so under DDP all ranks skip together and stay in step. On an
+        accelerator with ``nonfinite_loss="raise"`` reading the flag would wait for the device every step, so the
+        flags are kept and read together every :data:`DEFERRED_CHECK_STEPS` steps and at each epoch's last batch,
+        before validation and checkpointing (:meth:`on_train_batch_end`); the error still names the first bad step.
         """
         finite = torch.isfinite(loss.detach()).float()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if self.nonfinite_loss == "raise" and self._defer_checks():
+            flags = torch.stack([finite.bool(), *(torch.isfinite(value.detach()) for value in terms.values())])
+            self._pending_checks.append((self.global_step, flags, list(terms)))
+            return True
         if finite:
             return True
-        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
-        where = f"epoch {self.current_epoch}, global step {self.global_step}"
+        self._nonfinite(self.global_step, [name for name, value in terms.items() if not torch.isfinite(value)])
+        return False
+
+    def _defer_checks(self) -> bool:
+        """Whether reading a flag would wait for an asynchronous device (anything but the CPU)."""
+        return self.device.type != "cpu"
+
+    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
+        """Read the deferred non-finite flags of an accelerator run (see :meth:`_finite`)."""
+        del outputs, batch
+        if self._pending_checks and (self.trainer.is_last_batch or (batch_idx + 1) % DEFERRED_CHECK_STEPS == 0):
+            pending, self._pending_checks = self._pending_checks, []
+            flags = torch.cat([flag for _, flag, _ in pending]).cpu()  # one host synchronisation
+            offset = 0
+            for step, _, names in pending:
+                row, offset = flags[offset : offset + len(names) + 1], offset + len(names) + 1
+                if not row[0]:
+                    self._nonfinite(step, [name for name, ok in zip(names, row[1:], strict=True) if not ok])
+
+    def _nonfinite(self, step: int, bad: list[str]) -> None:
+        """Raise, or warn and count, for a non-finite loss at ``step`` in the terms ``bad``."""
+        where = f"epoch {self.current_epoch}, global step {step}"
         msg = f"Salad: non-finite loss at {where}; loss terms {bad or '(on another process)'} are NaN/Inf"
         if self.nonfinite_loss == "raise":
             msg += ". Lower --model.lr, check the data, or set --model.nonfinite_loss skip to drop such batches."
@@ -512,7 +627,6 @@ class Salad(AnomalibModule):
         self.nonfinite_steps += 1
         logger.warning("%s; batch skipped (%d so far)", msg, self.nonfinite_steps)
         self.log("nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-        return False
 
     def on_train_epoch_start(self) -> None:
         """Bring the per-epoch schedules to this epoch (manual optimisation does not step them).
@@ -535,12 +649,29 @@ class Salad(AnomalibModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the random state when resuming a fit; plain loading leaves the caller's state alone."""
         super().on_load_checkpoint(checkpoint)
+        self._match_discriminator_depth(checkpoint.get("state_dict", {}))
         states = checkpoint.get(RNG_KEY)
         if states is None or self._trainer is None or self.trainer.state.fn != "fit":
             return
         torch.set_rng_state(states["cpu"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _match_discriminator_depth(self, state_dict: dict[str, Tensor]) -> None:
+        """Rebuild D_I with the depth that ``state_dict`` holds, if it differs from this model's.
+
+        Checkpoints written before ``disc_layers`` existed hold the 70x70 PatchGAN at every image size, while the
+        default now scales the depth to the image; the discriminator plays no part in scoring or export.
+        """
+        prefix = "model.image_discriminator.layers."
+        indices = {int(key.removeprefix(prefix).split(".")[0]) for key in state_dict if key.startswith(prefix)}
+        discriminator = self.model.image_discriminator
+        if not indices or discriminator is None:
+            return
+        saved_layers = max(indices) - 1  # first block, the stride-2/1 blocks, then the output convolution
+        if saved_layers != len(discriminator.layers) - 2:
+            first = discriminator.layers[0][0]
+            self.model.image_discriminator = PatchDiscriminator(first.in_channels, first.out_channels, saved_layers)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score the batch; the post-processor fits its threshold and normalisation on these outputs."""

@@ -30,6 +30,8 @@ __all__ = [
     "PhaseConvTranspose2d",
     "SaladModel",
     "ScoreType",
+    "patch_discriminator_layers",
+    "patch_receptive_field",
 ]
 
 ScoreType = Literal["feature", "image", "center"]
@@ -62,6 +64,33 @@ def num_levels(image_size: int) -> int:
         )
         raise ValueError(msg)
     return int(math.log2(image_size))
+
+
+def patch_discriminator_layers(image_size: int) -> int:
+    """PatchGAN depth whose patches cover about the fraction of the image that the paper's do at 256 px.
+
+    pix2pix's 70x70 PatchGAN (3 stride-2 layers) sees 27 % of a 256-px side. A PatchGAN with ``n`` stride-2
+    layers sees ``16, 34, 70, 142`` px for ``n = 1..4``, so ``n = log2(image_size) - 5`` keeps that fraction at
+    25-28 % from 64 px up (16/64, 34/128, 70/256, 142/512); 32 px gets the smallest PatchGAN (``n = 1``, 50 %).
+    At 64 px this removes the two widest layers, which cost more than the encoder and decoders together.
+
+    Args:
+        image_size: Side of the square input, a power of two >= 32.
+
+    Returns:
+        int: The number of stride-2 layers.
+    """
+    return max(1, num_levels(image_size) - 5)
+
+
+def patch_receptive_field(num_layers: int) -> int:
+    """Side in pixels of the input patch behind one PatchGAN logit (70 for ``num_layers=3``)."""
+    size = 1
+    for _ in range(2):  # the two stride-1 convolutions at the end
+        size += 3
+    for _ in range(num_layers):
+        size = (size - 1) * 2 + 4
+    return size
 
 
 def channel_widths(levels: int, base_channels: int, max_channels: int) -> list[int]:
@@ -304,6 +333,8 @@ class SaladModel(nn.Module):
             decoder. Defaults to ``0``.
         discriminators: Build D_I and D_F. Defaults to ``True``.
         disc_channels: Width of the PatchGAN's first layer. Defaults to ``64``.
+        disc_layers: Stride-2 layers of the PatchGAN; ``None`` scales them to ``image_size`` by
+            :func:`patch_discriminator_layers` (3, the 70x70 PatchGAN, at 256 px). Defaults to ``None``.
         feature_disc_hidden: Hidden widths of the MLP discriminator. Defaults to ``(512, 256)``.
         score: Anomaly score (Table V): ``"feature"`` is A_F = mean |E(x) - E(D(E(x)))| (the paper's
             choice), ``"image"`` A_I = mean |x - D(E(x))|, ``"center"`` A_C = mean |E(x) - C|.
@@ -320,6 +351,7 @@ class SaladModel(nn.Module):
         restoration_shared_layers: int = 0,
         discriminators: bool = True,
         disc_channels: int = 64,
+        disc_layers: int | None = None,
         feature_disc_hidden: Sequence[int] = (512, 256),
         score: ScoreType = "feature",
     ) -> None:
@@ -348,7 +380,12 @@ class SaladModel(nn.Module):
         self.image_discriminator: nn.Module | None = None
         self.feature_discriminator: nn.Module | None = None
         if discriminators:
-            self.image_discriminator = PatchDiscriminator(base_channels=disc_channels)
+            if disc_layers is None:
+                disc_layers = patch_discriminator_layers(image_size)
+            if disc_layers < 1:
+                msg = f"disc_layers must be at least 1, got {disc_layers}"
+                raise ValueError(msg)
+            self.image_discriminator = PatchDiscriminator(base_channels=disc_channels, num_layers=disc_layers)
             self.feature_discriminator = FeatureDiscriminator(latent_dim, feature_disc_hidden)
         # The normal-class center C of the center loss: state, not a parameter (Wen et al. 2016).
         self.register_buffer("center", torch.zeros(latent_dim))
@@ -364,11 +401,12 @@ class SaladModel(nn.Module):
         """D_I and D_F, empty when the model has no discriminators."""
         return nn.ModuleList([m for m in (self.image_discriminator, self.feature_discriminator) if m is not None])
 
-    def to_network_input(self, images: Tensor) -> Tensor:
+    def to_network_input(self, images: Tensor, check_finite: bool = True) -> Tensor:
         """Check an image batch and reduce it to the one grayscale channel the networks use.
 
         Args:
             images: ``(B, 1, S, S)`` or ``(B, 3, S, S)`` in ``[-1, 1]``; RGB is converted with ITU-R 601 weights.
+            check_finite: Look for NaN/Inf values (reads the batch back to the host). Defaults to ``True``.
 
         Returns:
             Tensor: ``(B, 1, S, S)``.
@@ -400,7 +438,8 @@ class SaladModel(nn.Module):
             )
             raise ValueError(msg)
         # Reads values, so not while torch.export / torch.compile traces (a graph cannot branch on data).
-        if not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.isfinite(images).all():
+        tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if check_finite and not tracing and not torch.isfinite(images).all():
             msg = f"SALAD got NaN or Inf pixel values in a batch of shape {tuple(images.shape)}"
             raise NonFiniteInputError(msg)
         if images.dtype != self.center.dtype:  # float16/float64 input on a float32 model (dtype is static)

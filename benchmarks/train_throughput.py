@@ -1,135 +1,205 @@
-"""Training throughput of SALAD: images/s and peak memory per configuration, side by side in one run.
+"""End-to-end training throughput of SALAD: each configuration through ``Engine.fit`` on real files, side by side.
 
-Each configuration runs real ``Salad.training_step``s (generator, center and discriminator updates, all five
-losses, pre-processing included) through a Lightning ``Trainer`` on batches held in memory, so data
-decoding is excluded; the first ``--warmup`` steps are not timed. Peak memory is the process's peak RSS on
-CPU (it only grows, so configurations are listed in the order they ran) and ``max_memory_allocated`` on CUDA.
+Every configuration trains the same model family on the same folder for ``--epochs`` epochs through anomalib's
+``Engine`` (file decoding, pre-processing, all five losses, the optimiser steps and a validation pass every epoch
+included), each in a fresh process so that its peak memory is its own. For each it prints the one-time setup
+(start to the first batch: file checks, cache fill, compilation), the steady epoch time (epochs after the first,
+training plus validation), end-to-end training images/s over those epochs, the projected wall time of a
+``--project-epochs`` run, the peak memory, the precision chosen and the CPU flags or GPU that decided it. The last
+column is each configuration's speed as a multiple of the first row's.
+
+Configurations (``--configs`` picks some):
+
+* ``before``: the project's CPU configuration before the fast path (70x70 PatchGAN with 64 channels, images
+  decoded from JPEG every epoch by one loader worker, fp32).
+* ``patchgan``: + the PatchGAN scaled to the image (``disc_layers`` rule) at half width (32 channels).
+* ``cache``: + images decoded once and held in memory (``cache_images``).
+* ``fast``: + ``train_precision=auto`` (bf16 autocast only where the device has native bf16); the shipped 64 px
+  config, ``configs/salad_braintumor_64px.yaml``.
+* ``fast-channels-last``, ``fast-compiled``: + channels-last memory format / ``torch.compile``.
 
 Usage:
-    python benchmarks/train_throughput.py                           # CPU: 64 and 256 px, fp32 / bf16 / channels-last
-    python benchmarks/train_throughput.py --device cuda --sizes 256 --batch-size 64 --steps 50 --compile
+    python benchmarks/train_throughput.py --root ../shared/data/braintumor              # 64 px, 3 epochs each
+    python benchmarks/train_throughput.py --configs before fast --epochs 3 --json out.json
+    python benchmarks/train_throughput.py --accelerator gpu --image-size 256 --paper-widths
 """
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import torch
-from anomalib.data import ImageBatch
-from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
-from torch.utils.data import DataLoader, Dataset
-
-from anomalib_salad import Salad
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One configuration: Lightning precision, memory format, compilation."""
-
-    name: str
-    precision: str = "32-true"
-    channels_last: bool = False
-    compile: bool = False
+NARROW = {"base_channels": 32, "max_channels": 256, "latent_dim": 128}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "before": {"disc_layers": 3, "disc_channels": 64, "cache_images": False, "train_precision": "32", "workers": 1},
+    "patchgan": {"disc_channels": 32, "cache_images": False, "train_precision": "32", "workers": 1},
+    "cache": {"disc_channels": 32, "cache_images": True, "train_precision": "32", "workers": 2},
+    "fast": {"disc_channels": 32, "cache_images": True, "train_precision": "auto", "workers": 2},
+    "fast-channels-last": {"disc_channels": 32, "train_precision": "auto", "channels_last": True, "workers": 2},
+    "fast-compiled": {"disc_channels": 32, "train_precision": "auto", "compile_networks": True, "workers": 2},
+}
+DEFAULT_CONFIGS = ["before", "patchgan", "cache", "fast", "fast-channels-last"]
 
 
-class InMemoryBatches(Dataset):
-    """``steps`` copies of one random RGB batch, as anomalib's loaders deliver them."""
+def _sync(device: Any) -> None:
+    import torch  # noqa: PLC0415
 
-    def __init__(self, steps: int, batch_size: int, size: int) -> None:
-        self.steps = steps
-        labels = torch.zeros(batch_size, dtype=torch.bool)
-        self.batch = ImageBatch(image=torch.rand(batch_size, 3, size, size), gt_label=labels)
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, index: int) -> ImageBatch:
-        return self.batch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-class StepTimer(Callback):
-    """Wall time of the steps after the warm-up, synchronising the device at both ends."""
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """Train one configuration in this process and return its measurements."""
+    import torch  # noqa: PLC0415
+    from anomalib.data import Folder  # noqa: PLC0415
+    from anomalib.engine import Engine  # noqa: PLC0415
+    from lightning.pytorch import Callback, seed_everything  # noqa: PLC0415
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start = warmup, 0.0
+    from anomalib_salad import Salad  # noqa: PLC0415
+    from anomalib_salad.hardware import native_bf16  # noqa: PLC0415
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, idx: int) -> None:
-        """Start the clock at the first timed step."""
-        del trainer, pl_module, batch
-        if idx == self.warmup:
-            _sync()
+    class EpochClock(Callback):
+        """Wall time of each epoch (training and its validation) and of the setup before the first batch."""
+
+        def __init__(self) -> None:
             self.start = time.perf_counter()
+            self.first_batch = 0.0
+            self.epoch_ends: list[float] = []
 
-    def seconds(self) -> float:
-        """Seconds since the first timed step started."""
-        _sync()
-        return time.perf_counter() - self.start
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if not self.first_batch:
+                _sync(trainer.strategy.root_device)
+                self.first_batch = time.perf_counter()
 
+        def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # after the epoch's validation
+            _sync(trainer.strategy.root_device)
+            self.epoch_ends.append(time.perf_counter())
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def peak_memory_mib(device: str) -> float:
-    """Peak GPU allocation, or the process's peak resident memory on CPU."""
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure(
-    variant: Variant, size: int, batch_size: int, steps: int, warmup: int, device: str, model_kwargs: dict
-) -> dict:
-    """Train ``warmup + steps`` steps and return images/s and peak memory."""
+    settings = dict(CONFIGS[args.one])
+    workers = settings.pop("workers")
+    widths = {} if args.paper_widths else NARROW
     seed_everything(0)
-    model = Salad(image_size=size, **model_kwargs)
-    if variant.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if variant.compile:
-        for name in ("encoder", "decoder", "restoration_decoder", "image_discriminator", "feature_discriminator"):
-            setattr(model.model, name, torch.compile(getattr(model.model, name)))
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    timer = StepTimer(warmup)
-    trainer = Trainer(accelerator=device, devices=1, precision=variant.precision, max_epochs=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      callbacks=[timer], num_sanity_val_steps=0)
-    loader = DataLoader(InMemoryBatches(warmup + steps, batch_size, size), batch_size=None, collate_fn=lambda b: b)
-    trainer.fit(model, train_dataloaders=loader)
-    seconds = timer.seconds()
-    return {"images_per_s": steps * batch_size / seconds, "peak_mib": peak_memory_mib(device)}
+    datamodule = Folder(
+        name="bench",
+        root=args.root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=workers,
+        val_split_mode="from_test",
+        val_split_ratio=0.5,
+        seed=0,
+    )
+    model = Salad(image_size=args.image_size, **widths, **settings)
+    clock = EpochClock()
+    engine = Engine(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[clock],
+        default_root_dir=args.work_dir,
+    )
+    engine.fit(model, datamodule=datamodule)
+    device = engine.trainer.strategy.root_device
+    steady = [b - a for a, b in zip(clock.epoch_ends, clock.epoch_ends[1:], strict=False)]
+    epoch_seconds = sum(steady) / len(steady) if steady else clock.epoch_ends[0] - clock.first_batch
+    train_images = len(datamodule.train_data)
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "config": args.one,
+        "setup_s": clock.first_batch - clock.start,
+        "epoch_s": epoch_seconds,
+        "images_per_s": train_images / epoch_seconds,
+        "projected_min": (clock.first_batch - clock.start + args.project_epochs * epoch_seconds) / 60,
+        "peak_mib": peak,
+        "precision": "bf16 autocast" if model.bf16 else "fp32",
+        "decided_by": native_bf16(device)[1],
+        "train_images": train_images,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
-    """Run every variant at every size and print one table."""
+    """Run each configuration in its own process and print one table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the networks")
-    parser.add_argument("--narrow", action="store_true", help="32..256 channels, latent 128 (the CPU demo widths)")
+    parser.add_argument("--root", default="../shared/data/braintumor", help="Folder layout: train/normal, test/...")
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per configuration (the first is not timed)")
+    parser.add_argument("--project-epochs", type=int, default=200, help="run length for the projected wall time")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--paper-widths", action="store_true", help="64..512 channels, latent 512 (default: half)")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--work-dir", default="runs/train_throughput")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    model_kwargs = {"base_channels": 32, "max_channels": 256, "latent_dim": 128} if args.narrow else {}
-    variants = [Variant("fp32"), Variant("fp32 channels-last", channels_last=True), Variant("bf16-mixed", "bf16-mixed")]
-    if args.compile:
-        variants.append(Variant("bf16-mixed compiled", "bf16-mixed", compile=True))
-    print(f"device={args.device} batch={args.batch_size} steps={args.steps} (+{args.warmup} warm-up) "
-          f"threads={torch.get_num_threads()} widths={'narrow' if args.narrow else 'paper'}")
-    if args.device == "cuda":
-        print("gpu:", torch.cuda.get_device_name())
-    print(f"{'size':>5} {'variant':<22} {'images/s':>10} {'x fp32':>7} {'peak MiB':>9}")
-    for size in args.sizes:
-        baseline = None
-        for variant in variants:
-            result = measure(variant, size, args.batch_size, args.steps, args.warmup, args.device, model_kwargs)
-            baseline = baseline or result["images_per_s"]
-            print(f"{size:>5} {variant.name:<22} {result['images_per_s']:>10.1f} "
-                  f"{result['images_per_s'] / baseline:>7.2f} {result['peak_mib']:>9.0f}", flush=True)
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        return
+
+    if not Path(args.root, "train", "normal").is_dir():
+        parser.error(f"{args.root} has no train/normal folder (anomalib Folder layout expected)")
+    flags = ""
+    if Path("/proc/cpuinfo").exists():
+        from anomalib_salad.hardware import cpu_flags  # noqa: PLC0415
+
+        flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
+    print(
+        f"root={args.root} size={args.image_size} batch={args.batch_size} epochs={args.epochs} "
+        f"accelerator={args.accelerator} cores={os.cpu_count()} cpu_flags=[{flags}]",
+        flush=True,
+    )
+    header = (
+        f"{'config':<20} {'setup s':>8} {'epoch s':>8} {'img/s':>7} {f'{args.project_epochs} ep min':>10} "
+        f"{'peak MiB':>9} {'precision':<14} {'x before':>8}  decided by"
+    )
+    print(header, flush=True)
+    rows, base = [], None
+    forwarded = [
+        f"--root={args.root}",
+        f"--epochs={args.epochs}",
+        f"--project-epochs={args.project_epochs}",
+        f"--image-size={args.image_size}",
+        f"--batch-size={args.batch_size}",
+        f"--accelerator={args.accelerator}",
+        f"--work-dir={args.work_dir}",
+    ]
+    forwarded += ["--paper-widths"] if args.paper_widths else []
+    for name in args.configs:
+        proc = subprocess.run(
+            [sys.executable, __file__, *forwarded, "--one", name], capture_output=True, text=True, check=False
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{name:<20} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        row = json.loads(lines[-1].removeprefix("RESULT "))
+        base = base or row["images_per_s"]
+        row["ratio"] = row["images_per_s"] / base
+        rows.append(row)
+        print(
+            f"{name:<20} {row['setup_s']:>8.1f} {row['epoch_s']:>8.1f} {row['images_per_s']:>7.1f} "
+            f"{row['projected_min']:>10.1f} {row['peak_mib']:>9.0f} {row['precision']:<14} {row['ratio']:>8.2f}  "
+            f"{row['decided_by']}",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

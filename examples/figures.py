@@ -13,7 +13,8 @@ Sub-commands (each writes one PNG, ``roc`` one per dataset):
 * ``all``: everything the given arguments allow.
 
 A Folder dataset is ``ROOT/train/normal``, ``ROOT/test/normal`` and ``ROOT/test/abnormal`` unless the ``--*-dir``
-options say otherwise.
+options say otherwise. Images are read by :mod:`anomalib_salad.reader`, as in training: PNG/JPEG/TIFF (16-bit with
+``--bit-depth``), DICOM (``--window``) and NIfTI volumes (one image per kept slice along ``--axis``).
 
 Usage:
     python examples/figures.py reconstructions --ckpt runs/x/checkpoints/SALAD-...ckpt --root datasets/salad_synthetic
@@ -34,19 +35,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor
 
 from anomalib_salad import Salad
 from anomalib_salad.proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle
+from anomalib_salad.reader import ReaderConfig, list_files, list_items, read_image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DPI = 150
+READER = ReaderConfig()  # replaced from the command line (--bit-depth, --window, --axis)
 
 
-def list_images(folder: Path, limit: int | None = None, seed: int = 0) -> list[Path]:
-    """Image files of ``folder`` (sorted), or a seeded random ``limit`` of them."""
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+def list_images(folder: Path, limit: int | None = None, seed: int = 0) -> list[str]:
+    """The 2-D images of ``folder`` (files, DICOM frames, NIfTI slices; sorted), or a seeded random ``limit``."""
+    paths = [item for path in list_files(folder, recursive=False) for item in list_items(path, READER)]
     if not paths:
         msg = f"No images in {folder}"
         raise FileNotFoundError(msg)
@@ -56,9 +57,9 @@ def list_images(folder: Path, limit: int | None = None, seed: int = 0) -> list[P
     return paths
 
 
-def load_images(paths: Sequence[Path]) -> Tensor:
+def load_images(paths: Sequence[str | Path]) -> Tensor:
     """RGB images in [0, 1] as ``(B, 3, H, W)``, all resized to the first one's size (the model resizes anyway)."""
-    arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths]
+    arrays = [read_image(p, READER) for p in paths]
     height, width = arrays[0].shape[:2]
     tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
     tensors = [t if t.shape[1:] == (height, width) else
@@ -80,7 +81,7 @@ def network_input(model: Salad, images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def encode(model: Salad, paths: Sequence[Path], batch_size: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def encode(model: Salad, paths: Sequence[str | Path], batch_size: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Network inputs, latents, reconstructions and anomaly scores of ``paths``."""
     inputs, latents, reconstructions, scores = [], [], [], []
     for start in range(0, len(paths), batch_size):
@@ -309,7 +310,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="score files (image_path,gt_label,pred_score) to plot instead of a benchmark (roc)")
     parser.add_argument("--out-dir", type=Path, default=Path("figures"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bit-depth", type=int, help="bits stored in 16-bit PNG/TIFF files, as in training")
+    parser.add_argument("--window", help="DICOM window, as in training: file, range, a preset (lung, ...) or C,W")
+    parser.add_argument("--axis", type=int, choices=[0, 1, 2], help="NIfTI slicing axis, as in training")
     args = parser.parse_args(argv)
+    global READER  # noqa: PLW0603  (one setting for every reader call of this script)
+    READER = ReaderConfig().replace(bit_depth=args.bit_depth, window=args.window, axis=args.axis)
     run = {args.command} if args.command != "all" else {"reconstructions", "proxy", "tsne", "roc"}
 
     def need(*names: str) -> bool:

@@ -475,8 +475,9 @@ def test_file_broken_after_the_scan_is_named_from_the_worker(scans: Path) -> Non
             path.write_bytes(_png_bytes(GRAY)[:300])
 
     datamodule = _datamodule(scans, CheckedFolder, num_workers=2)
+    # Without the image cache, which reads every file once at setup, before this callback breaks one.
     with pytest.raises(ImageFileError, match=r"DataLoader worker process") as caught:
-        _engine(scans, BreakFileAfterScan()).fit(Salad(**TINY), datamodule=datamodule)
+        _engine(scans, BreakFileAfterScan()).fit(Salad(**TINY, cache_images=False), datamodule=datamodule)
     message = str(caught.value)
     assert f"{path}: cannot be decoded as an image (OSError: image file is truncated)" in message
     # The traceback keeps the loader's iterator alive; free it here, so that this test, not the next one, waits

@@ -1,0 +1,184 @@
+"""The paper's protocol on a Folder dataset: train one model for the full schedule, with AUROC curves on the way.
+
+Trains SALAD (the 64 px preset of ``configs/salad_braintumor_64px.yaml`` by default), the SSIM autoencoder (the
+same networks with only L_str, Table III's baseline) or anomalib's GANomaly for ``--epochs`` epochs with one seed,
+and writes, as they come (appended and flushed, so an interrupted run keeps what it measured):
+
+* ``--curve-csv``: every ``--every`` epochs, the test AUROC of each SALAD score (A_F, A_I, A_C) on the whole test
+  folder (images decoded once), plus label-free health signals: the spread of the latent codes, the distance of
+  the center from the origin and the mean latent-to-center distance of normal training images;
+* ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
+  specificity at the best-F1 threshold), train images/s, and the command (the columns of ``docs/results/``).
+
+Usage:
+    python benchmarks/paper_protocol.py --model salad --seed 0 --epochs 200 \
+        --csv docs/results/braintumor_64px.csv --curve-csv docs/results/braintumor_64px_curves.csv
+"""
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from anomalib.data import Folder
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from torchmetrics.functional.classification import binary_auroc
+
+from anomalib_salad import Salad
+from anomalib_salad.cache import CachedImages, _resize_of
+from anomalib_salad.metrics import best_f1_statistics
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rescore import SCORES, raw_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = [
+    "model",
+    "dataset",
+    "image_size",
+    "epochs",
+    "seed",
+    "score",
+    "auroc",
+    "f1",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "train_images_per_s",
+    "command",
+]
+AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
+
+
+def _append(path: Path | None, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if path is None or not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+class ScoreCurves(Callback):
+    """Test AUROC of every SALAD score and latent health signals every ``every`` epochs (after validation)."""
+
+    def __init__(self, datamodule: Folder, every: int, path: Path | None, tags: dict[str, Any]) -> None:
+        self.datamodule, self.every, self.path, self.tags = datamodule, every, path, tags
+        self.test: CachedImages | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Score the test folder and write one curve row, every ``every`` epochs and at the last."""
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        if self.test is None:
+            self.test = CachedImages(self.datamodule.test_data, _resize_of(pl_module), pl_module.device, "test")
+        loader = torch.utils.data.DataLoader(self.test, batch_size=128, collate_fn=self.test.collate_fn)
+        was_training = pl_module.training
+        pl_module.eval()
+        score = pl_module.model.score
+        scores, target = raw_scores(pl_module, loader, SCORES)
+        pl_module.model.score = score
+        row: dict[str, Any] = {**self.tags, "epoch": epoch}
+        row |= {f"auroc_{name}": round(float(binary_auroc(values, target)), 4) for name, values in scores.items()}
+        row |= self._health(pl_module)
+        pl_module.train(was_training)
+        self.rows.append(row)
+        _append(self.path, [row], list(row))
+        print(" ".join(f"{key}={value}" for key, value in row.items()), flush=True)
+
+    @torch.no_grad()
+    def _health(self, pl_module: LightningModule) -> dict[str, float]:
+        """Label-free signals on normal training images: latent spread, center norm, distance to the center."""
+        train = self.datamodule.train_data
+        batch = train.__getitems__(list(range(min(256, len(train))))) if isinstance(train, CachedImages) else None
+        if batch is None:
+            return {}
+        images = pl_module.model.to_network_input(pl_module.pre_processor.transform(batch.image))
+        latent = pl_module.model.encoder(images)
+        center = pl_module.model.center
+        return {
+            "latent_std": round(float(latent.std(dim=0).mean()), 4),
+            "latent_mean_abs": round(float(latent.mean(dim=0).abs().mean()), 4),
+            "center_norm": round(float(center.norm()), 4),
+            "normal_to_center": round(float((latent - center).abs().mean()), 4),
+        }
+
+
+def main() -> None:
+    """Train, curve, test, write rows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "salad_braintumor_64px.yaml")
+    parser.add_argument("--model", choices=["salad", "autoencoder"], default="salad")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--every", type=int, default=10)
+    parser.add_argument("--root", help="overrides the config's data root")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model argument overrides (YAML)")
+    parser.add_argument("--csv", type=Path)
+    parser.add_argument("--curve-csv", type=Path)
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/paper_protocol"))
+    args = parser.parse_args()
+
+    config = yaml.safe_load(args.config.read_text())
+    model_args = dict(config["model"]["init_args"])
+    if args.model == "autoencoder":
+        model_args |= AUTOENCODER
+    for item in args.set:
+        key, value = item.split("=", 1)
+        model_args[key] = yaml.safe_load(value)
+    data_args = dict(config["data"]["init_args"]) | ({"root": args.root} if args.root else {})
+    seed_everything(args.seed)
+    datamodule = Folder(**data_args)
+    model = Salad(**model_args)
+    name = args.model + "".join(f" {item}" for item in args.set)
+    tags = {"model": name, "dataset": data_args["name"], "image_size": model_args["image_size"], "seed": args.seed}
+    curves = ScoreCurves(datamodule, args.every, args.curve_csv, tags)
+    engine = Engine(
+        max_epochs=args.epochs,
+        check_val_every_n_epoch=args.every,
+        callbacks=[curves],
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=args.work_dir / f"{name.replace(' ', '_')}_{args.seed}",
+    )
+    start = time.perf_counter()
+    engine.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - start
+    images_per_s = args.epochs * len(datamodule.train_data) / fit_seconds
+
+    model.eval()
+    test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")
+    loader = torch.utils.data.DataLoader(test, batch_size=128, collate_fn=test.collate_fn)
+    scores, target = raw_scores(model, loader, SCORES)
+    command = "python " + " ".join(sys.argv)
+    rows = []
+    for score, values in scores.items():
+        stats = best_f1_statistics(values, target)
+        rows.append(
+            {
+                **tags,
+                "epochs": args.epochs,
+                "score": score,
+                "auroc": round(float(binary_auroc(values, target)), 4),
+                **{key: round(float(stats[key]), 4) for key in ("f1", "accuracy", "sensitivity", "specificity")},
+                "train_images_per_s": round(images_per_s, 1),
+                "command": command,
+            }
+        )
+        print(f"{name} seed {args.seed} {score}: AUROC {rows[-1]['auroc']}", flush=True)
+    _append(args.csv, rows, COLUMNS)
+    print(f"fit {fit_seconds / 60:.1f} min, {images_per_s:.1f} train images/s (validation and curves included)")
+
+
+if __name__ == "__main__":
+    main()
