@@ -1,19 +1,21 @@
-"""Runs tests/fast_training_checks.py (the fast training path's tests) in a pytest process of its own.
+"""Runs the fast-training and GPU-script checks, each in a pytest process of its own.
 
-Inside the whole suite's process, after the OpenVINO test files have run, these tests ended pytest with a
-segmentation fault (each passes alone and the file passes on its own), so they get a clean interpreter.
+Inside the whole suite's process, after the OpenVINO test files have run, these checks ended pytest with a
+segmentation fault (each passes alone and each file passes on its own), so they get a clean interpreter.
 """
 
 import subprocess
 import sys
 from pathlib import Path
 
-CHECKS = Path(__file__).with_name("fast_training_checks.py")
+import pytest
+
+HERE = Path(__file__).parent
 
 
-def test_fast_training_checks_pass_in_their_own_process() -> None:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(CHECKS)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
-                            cwd=CHECKS.parents[1])
+@pytest.mark.parametrize("checks", ["fast_training_checks.py", "gpu_run_checks.py"])
+def test_checks_pass_in_their_own_process(checks: str) -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / checks)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=HERE.parent)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
