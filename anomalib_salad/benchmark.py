@@ -6,9 +6,9 @@ trainer arguments (so 1000 epochs unless the model says otherwise), throughput i
 results collector fails when models in one grid have different ``init_args``. This module reuses anomalib's
 job generator and job, runners, grid expansion and results table, and changes those points:
 
-* ``anomalib_salad`` (and any package under ``external_packages``) is added to ``ALLOWED_MODULES`` in this
-  process only; models are resolved by the same rule but called with plain Python arguments (see
-  :func:`build_model`), and data classes from those packages are accepted.
+* models and datamodules are built with Lightning's ``instantiate_class`` from any importable class path (bare
+  names are anomalib's), checked to be an ``AnomalibModule`` / ``AnomalibDataModule`` before they are called,
+  with plain Python arguments (see :func:`build_model`); anomalib's ``ALLOWED_MODULES`` is left alone.
 * ``benchmark.trainer`` holds Lightning/anomalib ``Engine`` arguments (``max_epochs``, ...); a model's own
   ``trainer_arguments`` still take precedence, as in ``anomalib train``. Each grid point is seeded before its
   model is built.
@@ -28,7 +28,6 @@ Config (YAML)::
     save_checkpoints: false         # weights-only checkpoint per run in output_dir/checkpoints (a model entry's
                                     # save_checkpoint overrides it)
     create_dirs: [./datasets/empty_dtd]   # folders created before the models are built
-    external_packages: []           # more packages whose models/datamodules may be used (anomalib_salad always)
     benchmark:
       seed: {grid: [0, 1, 2]}
       trainer: {max_epochs: 200}
@@ -56,10 +55,9 @@ import hashlib
 import importlib
 import json
 import logging
-import pkgutil
 import sys
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -69,10 +67,10 @@ import pandas as pd
 import torch
 import yaml
 from anomalib.callbacks.checkpoint import ModelCheckpoint
-from anomalib.data import AnomalibDataModule, get_datamodule
+from anomalib.data import AnomalibDataModule
 from anomalib.engine import Engine
 from anomalib.metrics import Evaluator
-from anomalib.models import ALLOWED_MODULES, AnomalibModule, UnknownModelError
+from anomalib.models import AnomalibModule, UnknownModelError
 from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
 from anomalib.pipelines.benchmark.job import BenchmarkJob
 from anomalib.pipelines.benchmark.pipeline import Benchmark
@@ -84,8 +82,10 @@ from anomalib.post_processing import PostProcessor
 from anomalib.utils.config import flatten_dict
 from anomalib.utils.logging import hide_output, redirect_logs
 from lightning import Callback, LightningModule, Trainer, seed_everything
+from lightning.pytorch.cli import instantiate_class
 
 from .metrics import best_f1_statistics, paper_metrics
+from .post_processing import RankPreservingPostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +96,12 @@ __all__ = [
     "SaladBenchmarkJobGenerator",
     "ScoreRecorder",
     "ThroughputMonitor",
-    "allow_external_packages",
     "build_datamodule",
     "build_model",
     "main",
-    "resolve_model_class",
     "summarize",
 ]
 
-DEFAULT_EXTERNAL_PACKAGES = ("anomalib_salad",)
 CONFIG_PREFIXES = ("model.", "data.", "trainer.")
 FILE_COLUMNS = ("run_id", "scores_file", "checkpoint")
 HEADLINE = {
@@ -116,76 +113,41 @@ HEADLINE = {
     "train_throughput": "train img/s",
     "test_throughput": "test img/s",
 }
-_external_packages: set[str] = set()
 
 
-def allow_external_packages(packages: Iterable[str] = DEFAULT_EXTERNAL_PACKAGES) -> set[str]:
-    """Let anomalib's ``get_model`` import models from ``packages`` (this process only).
-
-    ``get_model`` compares the module part of a class path with ``ALLOWED_MODULES`` exactly, so the package and
-    every importable submodule are added (``anomalib_salad.Salad`` and ``anomalib_salad.lightning_model.Salad``).
-
-    Args:
-        packages: Importable top-level package names. Defaults to ``("anomalib_salad",)``.
-
-    Returns:
-        set[str]: The module names added.
-    """
-    added: set[str] = set()
-    for package in packages:
-        module = importlib.import_module(package)
-        names = {package}
-        if hasattr(module, "__path__"):
-            names |= {info.name for info in pkgutil.walk_packages(module.__path__, prefix=f"{package}.")}
-        added |= names - ALLOWED_MODULES
-        ALLOWED_MODULES.update(names)
-        _external_packages.add(package)
-    return added
-
-
-def _module_of(class_path: str) -> str:
-    return class_path.rsplit(".", 1)[0] if "." in class_path else ""
-
-
-def _is_external(class_path: str) -> bool:
-    module = _module_of(class_path)
-    return any(module == package or module.startswith(f"{package}.") for package in _external_packages)
-
-
-def resolve_model_class(class_path: str) -> type[AnomalibModule]:
-    """The model class of ``class_path``, by the rule of anomalib's ``get_model``.
-
-    A bare name (``"Ganomaly"``) is looked up in ``anomalib.models``; a dotted path must have its module in
-    ``anomalib.models.ALLOWED_MODULES`` (see :func:`allow_external_packages`).
-
-    Args:
-        class_path: ``"Ganomaly"``, ``"anomalib.models.Ganomaly"`` or ``"anomalib_salad.Salad"``.
-
-    Returns:
-        type[AnomalibModule]: The class.
-
-    Raises:
-        UnknownModelError: If the module is not allowed or has no such class.
-    """
-    module_path = _module_of(class_path) or "anomalib.models"
-    if module_path not in ALLOWED_MODULES:
-        msg = f"Module import from '{module_path}' is not allowed; allowed: {sorted(ALLOWED_MODULES)}"
+def _class_of(class_path: str, home: str) -> type:
+    """The class a config names: a dotted path, or a bare name looked up in ``home`` (anomalib's rule)."""
+    module_path, _, name = class_path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_path or home), name, None)
+    except ImportError as error:
+        msg = f"cannot import {class_path!r}: {error}"
+        raise UnknownModelError(msg) from error
+    if not isinstance(found, type):
+        msg = f"{class_path!r} names no class"
         raise UnknownModelError(msg)
-    model_class = getattr(importlib.import_module(module_path), class_path.rsplit(".", 1)[-1], None)
-    if not (isinstance(model_class, type) and issubclass(model_class, AnomalibModule)):
-        msg = f"{class_path} is not an AnomalibModule"
+    return found
+
+
+def _instantiate(config: dict[str, Any], home: str, base: type, **overrides: Any) -> Any:
+    """Lightning's ``instantiate_class`` on a ``class_path`` / ``init_args`` entry, for subclasses of ``base`` only.
+
+    The class is checked before it is called, so a config cannot run an arbitrary callable. Arguments are plain
+    Python values: anomalib's ``get_model`` passes OmegaConf nodes, which end up in the checkpoint's
+    hyper-parameters (a list argument becomes a ``ListConfig``) and make it unloadable with ``weights_only``.
+    """
+    cls = _class_of(config["class_path"], home)
+    if not issubclass(cls, base):
+        msg = f"{config['class_path']} is not a subclass of {base.__name__}"
         raise UnknownModelError(msg)
-    return model_class
+    init_args = copy.deepcopy(dict(config.get("init_args") or {})) | overrides
+    return instantiate_class((), {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args})
 
 
 def build_model(config: dict[str, Any]) -> AnomalibModule:
     """Build a model from a benchmark ``model`` entry (``class_path``, ``init_args``).
 
-    The class is resolved as anomalib's ``get_model`` does (same allow-list), but the model is called with plain
-    Python arguments: ``get_model`` passes OmegaConf nodes, which end up in the checkpoint's hyper-parameters
-    (a list argument becomes a ``ListConfig``) and make it unloadable with anomalib's ``weights_only`` loading;
-    and it cannot pass objects such as a pre-processor.
-
+    ``class_path`` is a bare anomalib model name (``Ganomaly``) or any importable path (``anomalib_salad.Salad``).
     Besides ``class_path`` and ``init_args`` an entry may hold ``name`` (a row label) and ``save_checkpoint``
     (both read by the job, ignored here), and ``image_size``: the model is then built with its class's
     ``configure_pre_processor(image_size)``, i.e. its own default transform at that size (needed for models
@@ -196,59 +158,28 @@ def build_model(config: dict[str, Any]) -> AnomalibModule:
 
     Returns:
         AnomalibModule: The model.
+
+    Raises:
+        UnknownModelError: If the class cannot be imported or is not an ``AnomalibModule``.
     """
-    model_class = resolve_model_class(config["class_path"])
-    init_args = copy.deepcopy(dict(config.get("init_args") or {}))
     image_size = config.get("image_size")
-    if image_size is not None:
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        init_args["pre_processor"] = model_class.configure_pre_processor(size)
-    return model_class(**init_args)
+    if image_size is None:
+        return _instantiate(config, "anomalib.models", AnomalibModule)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    pre_processor = _class_of(config["class_path"], "anomalib.models").configure_pre_processor(size)
+    return _instantiate(config, "anomalib.models", AnomalibModule, pre_processor=pre_processor)
 
 
 def build_datamodule(config: dict[str, Any]) -> AnomalibDataModule:
-    """Build a datamodule: classes of allowed external packages directly, others with anomalib's ``get_datamodule``.
+    """Build a datamodule from ``{"class_path": ..., "init_args": {...}}``; bare names are anomalib's.
 
     Args:
-        config: ``{"class_path": ..., "init_args": {...}}``.
+        config: The data entry.
 
     Returns:
         AnomalibDataModule: The datamodule.
     """
-    class_path: str = config["class_path"]
-    if _is_external(class_path):
-        module_path, name = class_path.rsplit(".", 1)
-        return getattr(importlib.import_module(module_path), name)(**dict(config.get("init_args") or {}))
-    return get_datamodule(config)
-
-
-class RankPreservingPostProcessor(PostProcessor):
-    """anomalib's post-processor with a strictly increasing squash in place of the clamp to [0, 1].
-
-    anomalib maps a score ``s`` to ``u + 0.5`` with ``u = (s - threshold) / (max - min)`` (validation
-    statistics) and clamps to [0, 1]: test scores beyond the clamp tie, and ties between a normal and an
-    anomalous image lower the AUROC and can move the best-F1 threshold. Here ``0.5 + 0.5 * u / (1 + |u|)`` is
-    used instead: still in (0, 1) (so anomalib's own metrics, which squash batches with scores outside [0, 1]
-    through a sigmoid, stay valid), 0.5 at the threshold (so ``pred_label`` is unchanged), and strictly
-    increasing, so AUROC and the best-F1 statistics equal those of the raw scores.
-    """
-
-    @staticmethod
-    def _normalize(
-        preds: torch.Tensor | None,
-        norm_min: torch.Tensor,
-        norm_max: torch.Tensor,
-        threshold: torch.Tensor,
-    ) -> torch.Tensor | None:
-        if preds is None:
-            return preds
-        threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
-        value_range = norm_max - norm_min
-        safe_range = torch.where(value_range == 0, torch.ones_like(value_range), value_range)
-        offset = (preds - threshold) / safe_range
-        normalized = 0.5 + 0.5 * offset / (1 + offset.abs())
-        has_range = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
-        return torch.where(has_range, normalized, preds)
+    return _instantiate(config, "anomalib.data", AnomalibDataModule)
 
 
 class ThroughputMonitor(Callback):
@@ -696,7 +627,6 @@ class SaladBenchmark(Benchmark):
         Raises:
             RuntimeError: If a job failed.
         """
-        allow_external_packages([*DEFAULT_EXTERNAL_PACKAGES, *config.get("external_packages", [])])
         for folder in config.get("create_dirs", []):
             Path(folder).mkdir(parents=True, exist_ok=True)
         if self.output_dir is None:
@@ -731,7 +661,6 @@ class SaladBenchmark(Benchmark):
             pd.DataFrame: ``run_id``, model and data class, parameters (millions), trainer arguments, and
             ``error`` for grid points that cannot be built.
         """
-        allow_external_packages([*DEFAULT_EXTERNAL_PACKAGES, *config.get("external_packages", [])])
         for folder in config.get("create_dirs", []):
             Path(folder).mkdir(parents=True, exist_ok=True)
         accelerators = config["accelerator"] if isinstance(config["accelerator"], list) else [config["accelerator"]]

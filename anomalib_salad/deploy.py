@@ -1,14 +1,10 @@
-"""Deploying SALAD: checked checkpoint loading and export, and an OpenVINO-only inferencer.
+"""Deploying SALAD: an OpenVINO-only inferencer for exported models (the deployment layer; no torch, no model).
 
-Two halves with different dependencies:
-
-* :func:`load_salad_checkpoint` and :func:`export_salad` need the training stack (torch, anomalib). They
-  wrap ``Salad.load_from_checkpoint`` / ``AnomalibModule.to_*`` with checks that name what is wrong with a
-  file instead of Lightning's ``KeyError: 'pytorch-lightning_version'`` or a page of missing state-dict keys.
-* :func:`read_image`, :func:`to_model_input`, :class:`SaladInferencer` and :func:`heatmap_overlay` need only
-  NumPy, Pillow and OpenVINO (plus pydicom / nibabel for DICOM / NIfTI files), so an edge machine can score
-  images with an exported IR and no torch. This file therefore imports nothing else at module level, and the
-  package ``__init__`` loads its torch classes lazily. Files are read by :mod:`anomalib_salad.reader`, the
+:func:`read_image`, :func:`to_model_input`, :class:`SaladInferencer` and :func:`heatmap_overlay` need only
+NumPy, Pillow and OpenVINO (plus pydicom / nibabel for DICOM / NIfTI files), so an edge machine can score
+images with an exported IR and no torch; a test checks that this module imports with torch blocked. Checked
+export of checkpoints is :mod:`anomalib_salad.export` (it needs the training stack); the package ``__init__``
+loads its torch classes lazily. Files are read by :mod:`anomalib_salad.reader`, the
   reader that training uses too; ``salad-score`` (:mod:`anomalib_salad.score`) scores whole archives.
 
 The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (bicubic),
@@ -25,34 +21,24 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from . import reader
+from .checkpoint import CheckpointError
 from .reader import ImageReadError, ImageRef, ReaderConfig
-
-if TYPE_CHECKING:
-    from anomalib.data import AnomalibDataModule
-
-    from anomalib_salad.lightning_model import Salad
 
 __all__ = [
     "CheckpointError",
     "InputImageError",
     "SaladInferencer",
     "SaladPrediction",
-    "check_salad_checkpoint",
-    "export_salad",
     "heatmap_overlay",
-    "load_salad_checkpoint",
     "precision_name",
     "read_image",
     "to_model_input",
@@ -63,177 +49,10 @@ PrecisionHint = Literal["f32", "bf16", "f16"]
 # The deployment default: 16-bit PNG/TIFF files need the bit depth the model was trained with (the graph cannot
 # tell 12-bit data read as 16-bit from a darker image). DICOM and NIfTI files carry their own scaling.
 DEPLOY_READER = ReaderConfig(require_bit_depth=True)
-_SALAD_STATE_PREFIXES = ("model.encoder.", "model.decoder.")
-
-
-class CheckpointError(ValueError):
-    """A file is not a usable Salad checkpoint or exported SALAD model."""
 
 
 class InputImageError(ValueError):
     """An image cannot be turned into the exported model's ``(N, 3, H, W)`` input."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checkpoints and export (need torch and anomalib, imported lazily)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def check_salad_checkpoint(checkpoint: object, source: str = "checkpoint") -> None:
-    """Check that a loaded checkpoint object was written by :class:`~anomalib_salad.Salad` through Lightning.
-
-    Args:
-        checkpoint: What ``torch.load`` returned.
-        source: Name of the file, for messages.
-
-    Raises:
-        CheckpointError: Naming what the object is instead (bare state dict, another model, ...).
-    """
-    from anomalib_salad.lightning_model import Salad  # noqa: PLC0415  (torch stays off the inference path)
-
-    if not isinstance(checkpoint, Mapping):
-        msg = f"{source} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict"
-        raise CheckpointError(msg)
-    if "state_dict" not in checkpoint:
-        keys = sorted(str(key) for key in checkpoint)
-        if keys and all(hasattr(value, "shape") for value in checkpoint.values()):
-            what = f"a bare state_dict of {len(keys)} tensors (first: {keys[0]!r})"
-        else:
-            what = f"a dict with keys {keys[:10]}"
-        msg = (
-            f"{source} holds {what}, not a Lightning checkpoint: Salad.load_from_checkpoint needs the .ckpt that "
-            "Engine.fit / anomalib train writes (keys 'state_dict', 'hyper_parameters', 'pytorch-lightning_version')"
-        )
-        raise CheckpointError(msg)
-    state_keys = [str(key) for key in checkpoint["state_dict"]]
-    hyper_parameters = dict(checkpoint.get("hyper_parameters") or {})
-    if not all(any(key.startswith(prefix) for key in state_keys) for prefix in _SALAD_STATE_PREFIXES):
-        modules = sorted({".".join(key.split(".")[:2]) for key in state_keys})
-        msg = (
-            f"{source} was not written by Salad: its state_dict has no SALAD encoder/decoder weights "
-            f"({', '.join(p + '*' for p in _SALAD_STATE_PREFIXES)}) but holds {modules[:12]}; "
-            f"hyper-parameters {sorted(hyper_parameters)[:12]}. Export it with its own model class."
-        )
-        raise CheckpointError(msg)
-    unknown = sorted(set(hyper_parameters) - set(inspect.signature(Salad.__init__).parameters))
-    if unknown:
-        msg = f"{source} has hyper-parameters that Salad does not take: {unknown}; was it written by another model?"
-        raise CheckpointError(msg)
-    if "pytorch-lightning_version" not in checkpoint:
-        msg = f"{source} lacks 'pytorch-lightning_version'; it was not saved by a Lightning Trainer"
-        raise CheckpointError(msg)
-
-
-def read_salad_checkpoint(path: str | Path) -> Mapping:
-    """Read a checkpoint file (memory-mapped) and check that :class:`~anomalib_salad.Salad` wrote it.
-
-    ``Salad.load_from_checkpoint`` calls this first, so the CLI (``--ckpt_path`` of ``anomalib export``) gets
-    these messages too instead of Lightning's ``KeyError: 'pytorch-lightning_version'`` or a page of
-    missing state-dict keys.
-
-    Args:
-        path: The ``.ckpt`` file.
-
-    Returns:
-        Mapping: The checkpoint, its tensors memory-mapped.
-
-    Raises:
-        FileNotFoundError: If ``path`` is not a file.
-        CheckpointError: If it is not a readable checkpoint or not Salad's.
-    """
-    import torch  # noqa: PLC0415  (torch stays off the inference path)
-    from anomalib.utils.serialization import anomalib_safe_globals  # noqa: PLC0415
-
-    path = Path(path)
-    if not path.is_file():
-        msg = f"Salad checkpoint not found: {path}" + (" (a directory)" if path.is_dir() else "")
-        raise FileNotFoundError(msg)
-    try:
-        with anomalib_safe_globals():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        msg = f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {first_line})"
-        raise CheckpointError(msg) from error
-    check_salad_checkpoint(checkpoint, str(path))
-    return checkpoint
-
-
-def load_salad_checkpoint(path: str | Path, map_location: str = "cpu") -> Salad:
-    """Load a Salad checkpoint in eval mode, checking that its pre-processing came back.
-
-    ``Salad.load_from_checkpoint`` (which ``Engine.export(ckpt_path=...)`` and ``anomalib export --ckpt_path``
-    use) already checks the file; this also checks that the pre-processor's resize and normalisation were
-    restored: anomalib restores only checkpoint-safe transforms and would otherwise export a graph without them.
-
-    Args:
-        path: The ``.ckpt`` file.
-        map_location: Device for the tensors. Defaults to ``"cpu"``.
-
-    Returns:
-        Salad: The model, in eval mode.
-
-    Raises:
-        FileNotFoundError: If ``path`` is not a file.
-        CheckpointError: If it is not a readable checkpoint, not Salad's, or lost its pre-processing.
-    """
-    from anomalib_salad.lightning_model import Salad  # noqa: PLC0415  (torch stays off the inference path)
-
-    model = Salad.load_from_checkpoint(path, map_location=map_location)
-    if model.pre_processor is not None and getattr(model.pre_processor, "transform", None) is None:
-        msg = (
-            f"{path}: the pre-processor's transform was not stored (anomalib 2.7 keeps only Resize, Normalize, "
-            "CenterCrop, Compose, Grayscale, ExportableCenterCrop, SquarePad), so an export would lack the resize "
-            "and [-1, 1] scaling. Retrain with the default pre-processor or only those transforms."
-        )
-        raise CheckpointError(msg)
-    return model.eval()
-
-
-def export_salad(
-    checkpoint: str | Path,
-    export_root: str | Path,
-    export_type: Literal["torch", "onnx", "openvino"] = "openvino",
-    *,
-    compression_type: str | None = None,
-    datamodule: AnomalibDataModule | None = None,
-    input_size: tuple[int, int] | None = None,
-) -> Path:
-    """Export a checked Salad checkpoint with anomalib's exporters.
-
-    Equivalent to ``Engine.export(model=Salad(), export_type=..., ckpt_path=checkpoint)`` but fails early with
-    :class:`CheckpointError` on a wrong file, and asks for ONNX opset 18 (what torch's exporter emits anyway;
-    anomalib's default 14 makes it print a failed down-conversion traceback).
-
-    Args:
-        checkpoint: The ``.ckpt`` file.
-        export_root: Folder; the files land in ``<export_root>/weights/<export_type>/``.
-        export_type: ``"torch"``, ``"onnx"`` or ``"openvino"``. Defaults to ``"openvino"``.
-        compression_type: OpenVINO only: ``"fp16"``, ``"int8"``, ``"int8_ptq"`` or ``"int8_acq"``.
-            Defaults to ``None`` (an FP32 IR).
-        datamodule: Calibration data for ``int8_ptq`` / ``int8_acq``. Defaults to ``None``.
-        input_size: Fixed ``(H, W)`` of the graph input; ``None`` keeps height and width dynamic (the graph
-            resizes any size). Defaults to ``None``.
-
-    Returns:
-        Path: The ``.pt``, ``.onnx`` or ``.xml`` file.
-    """
-    from anomalib.deploy import CompressionType, ExportType  # noqa: PLC0415
-
-    model = load_salad_checkpoint(checkpoint)
-    kind = ExportType(export_type)
-    if kind == ExportType.TORCH:
-        return model.to_torch(export_root)
-    onnx_kwargs = {"opset_version": 18}
-    if kind == ExportType.ONNX:
-        return model.to_onnx(export_root, input_size=input_size, **onnx_kwargs)
-    return model.to_openvino(
-        export_root,
-        input_size=input_size,
-        compression_type=CompressionType(compression_type) if compression_type else None,
-        datamodule=datamodule,
-        onnx_kwargs=onnx_kwargs,
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Example:
     >>> Engine(max_epochs=200).train(Salad(), datamodule=datamodule)  # doctest: +SKIP
 """
 
+import inspect
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,9 +37,11 @@ from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from .cache import ImageCache
+from .checkpoint import read_salad_checkpoint
 from .hardware import native_bf16
 from .image_io import ImageFileCheck, ReaderVisualizer
 from .loss import (
+    TERMS,
     CenterLoss,
     GeneratorLoss,
     LatentKLLoss,
@@ -47,7 +50,7 @@ from .loss import (
     generator_adversarial_loss,
 )
 from .metrics import AUROC, paper_metrics
-from .post_processing import fitted_post_processing
+from .post_processing import RankPreservingPostProcessor, fitted_post_processing
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
 from .torch_model import NonFiniteInputError, PatchDiscriminator, SaladModel, ScoreType, phase_decomposed
 
@@ -222,14 +225,17 @@ class Salad(AnomalibModule):
             msg = f"constant_lr_fraction must be in [0, 1], got {constant_lr_fraction}"
             raise ValueError(msg)
         self.loss = GeneratorLoss(adv_weight, structure_weight, feature_weight, center_weight, restoration_weight)
+        weights = (adv_weight, structure_weight, feature_weight, center_weight, restoration_weight)
+        # The one place that decides which terms are computed and which networks exist: a zero weight drops both.
+        self.active_terms = frozenset(name for name, weight in zip(TERMS, weights, strict=True) if weight > 0)
         self.model = SaladModel(
             image_size=image_size,
             base_channels=base_channels,
             max_channels=max_channels,
             latent_dim=latent_dim,
-            restoration_decoder=self.loss.active("self"),
+            restoration_decoder="self" in self.active_terms,
             restoration_shared_layers=restoration_shared_layers,
-            discriminators=self.loss.active("adv"),
+            discriminators="adv" in self.active_terms,
             disc_channels=disc_channels,
             disc_layers=disc_layers,
             feature_disc_hidden=feature_disc_hidden,
@@ -239,7 +245,7 @@ class Salad(AnomalibModule):
         self.center_loss = CenterLoss(center_rate)
         self.latent_loss = self.center_loss if latent_loss == "center" else LatentKLLoss()
         self.proxy_task = None
-        if self.loss.active("self"):
+        if "self" in self.active_terms:
             self.proxy_task = RandomProxyTask(
                 [RandomInPainting(inpainting_tiles), RandomLocalPixelShuffle(shuffle_tiles), RandomBezierIntensity()],
                 weights=proxy_task_weights,
@@ -282,6 +288,15 @@ class Salad(AnomalibModule):
                 ]
             ),
         )
+
+    @staticmethod
+    def configure_post_processor() -> RankPreservingPostProcessor:
+        """Normalisation and thresholds as anomalib fits them, with a strictly increasing squash for its clamp.
+
+        Scores beyond the validation range no longer tie at 0 or 1, so ``anomalib test``, ``Engine.test``, the
+        benchmark and the exported model all report the AUROC of the raw scores; labels are unchanged.
+        """
+        return RankPreservingPostProcessor()
 
     @classmethod
     def configure_visualizer(cls) -> ImageVisualizer:
@@ -345,9 +360,7 @@ class Salad(AnomalibModule):
             Salad: The model.
         """
         if isinstance(checkpoint_path, str | Path):
-            from .deploy import read_salad_checkpoint  # noqa: PLC0415  (deploy imports this module)
-
-            read_salad_checkpoint(checkpoint_path)
+            read_salad_checkpoint(checkpoint_path, inspect.signature(cls.__init__).parameters)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
@@ -420,16 +433,24 @@ class Salad(AnomalibModule):
         super().__setattr__(name, value)
 
     def setup(self, stage: str) -> None:
-        """Prepare DDP for alternating updates, and choose the training precision and memory format.
+        """Check the DDP strategy, and choose the training precision and memory format.
 
-        Runs before Lightning wraps the module in DDP. Each of SALAD's two backward passes leaves the other
-        side's parameters without gradients, which plain DDP rejects, so unused-parameter detection is enabled.
+        Each of SALAD's two backward passes leaves the other side's parameters without gradients, which DDP
+        accepts only with unused-parameter detection: Lightning's registered ``ddp_find_unused_parameters_true``
+        strategy (or ``DDPStrategy(find_unused_parameters=True)``). Plain ``ddp`` is refused here, before the
+        first step, rather than failing inside DDP's reducer.
         """
         super().setup(stage)
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters"):
-            logger.info("Salad: enabling DDP find_unused_parameters (generator and discriminators update in turn)")
-            strategy._ddp_kwargs["find_unused_parameters"] = True
+        if stage == "fit" and isinstance(strategy, DDPStrategy) and strategy.world_size > 1:
+            kwargs = getattr(strategy, "_ddp_kwargs", {})  # read only: Lightning has no public getter
+            if not kwargs.get("find_unused_parameters"):
+                msg = (
+                    "Salad updates its generator and its discriminators in turn, which DDP allows only with "
+                    "unused-parameter detection: use --trainer.strategy ddp_find_unused_parameters_true "
+                    "(Engine(strategy='ddp_find_unused_parameters_true'))."
+                )
+                raise ValueError(msg)
         if stage == "fit" and strategy is not None:
             self._configure_speed(strategy.root_device)
 
@@ -472,7 +493,7 @@ class Salad(AnomalibModule):
             Optimizers ``[generator, discriminator]`` and one per-epoch ``LambdaLR`` each.
         """
         modules = [self.model.generator_modules()]
-        if self.loss.active("adv"):
+        if "adv" in self.active_terms:
             modules.append(self.model.discriminator_modules())
         optimizers = [optim.Adam(m.parameters(), lr=self.lr, betas=self.betas) for m in modules]
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
@@ -505,7 +526,7 @@ class Salad(AnomalibModule):
 
         Networks run under :meth:`_autocast`; each loss is computed in fp32 on ``.float()`` outputs.
         """
-        model, active = self.model, self.loss.active
+        model, active = self.model, self.active_terms.__contains__
         terms: dict[str, Tensor] = {}
         with self._autocast():
             latent = model.encoder(images).float()
@@ -547,35 +568,32 @@ class Salad(AnomalibModule):
         return image_loss + feature_loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
-        """One generator update, the center update, then one discriminator update."""
+        """One generator update (eq. 9), the center update, then one discriminator update (eqs. 1 and 2)."""
         del batch_idx
         optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        generator_optimizer, *discriminator_optimizer = optimizers if isinstance(optimizers, list) else [optimizers]
         images = self._network_input(batch, "training")
 
-        self.toggle_optimizer(optimizers[0])
-        terms, samples = self._generator_terms(images)
-        generator_loss = self.loss(terms)
-        if not self._finite(generator_loss, terms):
-            self.untoggle_optimizer(optimizers[0])
-            return None
-        optimizers[0].zero_grad(set_to_none=True)
-        self.manual_backward(generator_loss)
-        optimizers[0].step()
-        self.untoggle_optimizer(optimizers[0])
+        with self.toggled_optimizer(generator_optimizer):
+            terms, samples = self._generator_terms(images)
+            generator_loss = self.loss(terms)
+            if not self._finite(generator_loss, terms):
+                return None
+            generator_optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(generator_loss)
+            generator_optimizer.step()
         self.center_loss.update_center(self.model.center, samples["latent"])
         logs = {f"loss_{name}": value.detach() for name, value in terms.items()} | {"loss_g": generator_loss.detach()}
 
-        if len(optimizers) > 1:
-            self.toggle_optimizer(optimizers[1])
-            detached = {name: value.detach() for name, value in samples.items()}
-            disc_loss = self._discriminator_loss(images, detached)
-            if self._finite(disc_loss, {"d": disc_loss}):
-                optimizers[1].zero_grad(set_to_none=True)
-                self.manual_backward(disc_loss)
-                optimizers[1].step()
-                logs["loss_d"] = disc_loss.detach()
-            self.untoggle_optimizer(optimizers[1])
+        for optimizer in discriminator_optimizer:
+            with self.toggled_optimizer(optimizer):
+                detached = {name: value.detach() for name, value in samples.items()}
+                disc_loss = self._discriminator_loss(images, detached)
+                if self._finite(disc_loss, {"d": disc_loss}):
+                    optimizer.zero_grad(set_to_none=True)
+                    self.manual_backward(disc_loss)
+                    optimizer.step()
+                    logs["loss_d"] = disc_loss.detach()
 
         # Not on the progress bar: it would read every value back from the device each step (a host sync).
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=len(images))

@@ -15,6 +15,7 @@ from kornia.metrics import ssim
 from torch import Tensor, nn
 
 __all__ = [
+    "TERMS",
     "CenterLoss",
     "GeneratorLoss",
     "LatentKLLoss",
@@ -24,6 +25,7 @@ __all__ = [
     "least_squares",
 ]
 
+#: Names of the generator-side terms, in the order of eq. (9); also the suffixes of the logged losses.
 TERMS = ("adv", "str", "fea", "ct", "self")
 
 
@@ -129,7 +131,10 @@ class LatentKLLoss(nn.Module):
 
 
 class GeneratorLoss(nn.Module):
-    """Eq. (9): the weighted sum of the generator-side terms.
+    """Eq. (9): ``L = alpha*L_adv + beta*L_str + gamma*L_fea + delta*L_ct + eta*L_self``.
+
+    Which terms are computed at all (and so which networks exist) is decided by the model from the weights
+    (:attr:`anomalib_salad.Salad.active_terms`); a term that was not computed counts as zero here.
 
     Args:
         adv_weight: alpha, weight of L_adv. Defaults to ``1``.
@@ -137,6 +142,12 @@ class GeneratorLoss(nn.Module):
         feature_weight: gamma, weight of L_fea. Defaults to ``10``.
         center_weight: delta, weight of L_ct (or of L_KL). Defaults to ``10``.
         restoration_weight: eta, weight of L_self. Defaults to ``10``.
+
+    Example:
+        >>> import torch
+        >>> loss = GeneratorLoss()
+        >>> loss({"adv": torch.tensor(1.0), "str": torch.tensor(0.5)})
+        tensor(6.)
     """
 
     def __init__(
@@ -152,12 +163,10 @@ class GeneratorLoss(nn.Module):
         if any(w < 0 for w in weights):
             msg = f"Loss weights must be non-negative, got {dict(zip(TERMS, weights, strict=True))}"
             raise ValueError(msg)
-        self.weights = dict(zip(TERMS, weights, strict=True))
-
-    def active(self, term: str) -> bool:
-        """Whether ``term`` has a non-zero weight, i.e. whether it needs computing at all."""
-        return self.weights[term] > 0
+        self.alpha, self.beta, self.gamma, self.delta, self.eta = weights
 
     def forward(self, terms: dict[str, Tensor]) -> Tensor:
-        """Weighted sum of the computed terms."""
-        return sum((self.weights[name] * value for name, value in terms.items()), start=torch.zeros(()))
+        """The weighted sum of the terms computed this step, keyed by :data:`TERMS`."""
+        zero = torch.zeros(())
+        l_adv, l_str, l_fea, l_ct, l_self = (terms.get(name, zero) for name in TERMS)
+        return self.alpha * l_adv + self.beta * l_str + self.gamma * l_fea + self.delta * l_ct + self.eta * l_self

@@ -1,10 +1,15 @@
-"""Export-time post-processing: anomalib's :class:`PostProcessor` with its fitted statistics fixed.
+"""Post-processing: one rule for every way SALAD is scored, and its export-time form.
+
+:class:`RankPreservingPostProcessor` is Salad's post-processor (and the benchmark's for every model): anomalib's
+min-max normalisation with a strictly increasing squash in place of its clamp, so ``anomalib test``,
+``Engine.test``, the benchmark runner and the exported model all report the AUROC of the raw scores.
 
 anomalib's normalisation evaluates all of its cases on every pixel (statistics missing, zero range, the
 usual min-max scaling) and picks one with ``where``. In an exported graph the statistics are constants, so
 the case is known before tracing; :class:`FittedPostProcessor` traces that case alone. Its outputs are
 bit-identical to anomalib's in torch, and the exported graph no longer compares and selects on every pixel of
 the anomaly map for cases that cannot occur (docs/results.md: about 2 ms per 256x256 image in OpenVINO).
+It reproduces both anomalib's :class:`PostProcessor` and :class:`RankPreservingPostProcessor`.
 """
 
 import math
@@ -17,7 +22,39 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from torch import Tensor, nn
 
-__all__ = ["FittedPostProcessor", "fitted_post_processing"]
+__all__ = ["FittedPostProcessor", "RankPreservingPostProcessor", "fitted_post_processing"]
+
+
+class RankPreservingPostProcessor(PostProcessor):
+    """anomalib's post-processor with a strictly increasing squash in place of the clamp to [0, 1].
+
+    anomalib maps a score ``s`` to ``u + 0.5`` with ``u = (s - threshold) / (max - min)`` (validation
+    statistics) and clamps to [0, 1]: test scores beyond the clamp tie, and ties between a normal and an
+    anomalous image lower the AUROC and can move the best-F1 threshold. Here ``0.5 + 0.5 * u / (1 + |u|)`` is
+    used instead: still in (0, 1) (so anomalib's own metrics, which squash batches with scores outside [0, 1]
+    through a sigmoid, stay valid), 0.5 at the threshold (so ``pred_label`` is unchanged), and strictly
+    increasing, so AUROC and the best-F1 statistics equal those of the raw scores.
+    """
+
+    @staticmethod
+    def _normalize(
+        preds: torch.Tensor | None,
+        norm_min: torch.Tensor,
+        norm_max: torch.Tensor,
+        threshold: torch.Tensor,
+    ) -> torch.Tensor | None:
+        if preds is None:
+            return preds
+        threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
+        value_range = norm_max - norm_min
+        safe_range = torch.where(value_range == 0, torch.ones_like(value_range), value_range)
+        offset = (preds - threshold) / safe_range
+        normalized = 0.5 + 0.5 * offset / (1 + offset.abs())
+        has_range = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
+        return torch.where(has_range, normalized, preds)
+
+
+FITTED = (PostProcessor, RankPreservingPostProcessor)  # classes whose maths FittedPostProcessor reproduces
 
 
 def _unchanged(predictions: Tensor) -> Tensor:
@@ -39,6 +76,23 @@ def _fitted_normalisation(minimum: Tensor, maximum: Tensor, threshold: Tensor) -
     return lambda predictions: (((predictions - threshold) / value_range) + 0.5).clamp(min=0, max=1)
 
 
+def _fitted_rank_preserving(minimum: Tensor, maximum: Tensor, threshold: Tensor) -> Callable[[Tensor], Tensor]:
+    """``RankPreservingPostProcessor._normalize`` for fixed statistics, with its arithmetic."""
+    minimum, maximum, threshold = (value.detach().clone() for value in (minimum, maximum, threshold))
+    if math.isnan(minimum) or math.isnan(maximum):
+        return _unchanged
+    if math.isnan(threshold):
+        threshold = (maximum + minimum) / 2
+    value_range = maximum - minimum
+    safe_range = torch.ones_like(value_range) if value_range == 0 else value_range
+
+    def normalise(predictions: Tensor) -> Tensor:
+        offset = (predictions - threshold) / safe_range
+        return 0.5 + 0.5 * offset / (1 + offset.abs())
+
+    return normalise
+
+
 def _fitted_threshold(threshold: Tensor) -> Callable[[Tensor], Tensor]:
     """``PostProcessor._apply_threshold`` for a fixed threshold (a NaN threshold passes predictions through)."""
     threshold = threshold.detach().clone()
@@ -54,7 +108,7 @@ class FittedPostProcessor(nn.Module):
     :func:`fitted_post_processing`).
 
     Args:
-        post_processor: A fitted anomalib post-processor (the exact class: subclasses may change the maths).
+        post_processor: A fitted :data:`FITTED` post-processor (the exact class: subclasses may change the maths).
 
     Example:
         >>> import torch
@@ -68,14 +122,18 @@ class FittedPostProcessor(nn.Module):
 
     def __init__(self, post_processor: PostProcessor) -> None:
         super().__init__()
-        if type(post_processor) is not PostProcessor:
-            msg = f"FittedPostProcessor reproduces anomalib's PostProcessor only, not {type(post_processor).__name__}"
+        if type(post_processor) not in FITTED:
+            msg = (
+                "FittedPostProcessor reproduces anomalib's PostProcessor and RankPreservingPostProcessor only, "
+                f"not {type(post_processor).__name__}"
+            )
             raise TypeError(msg)
         if post_processor.enable_normalization:
-            self.normalise_score = _fitted_normalisation(
+            fitted = _fitted_normalisation if type(post_processor) is PostProcessor else _fitted_rank_preserving
+            self.normalise_score = fitted(
                 post_processor.image_min, post_processor.image_max, post_processor.image_threshold
             )
-            self.normalise_map = _fitted_normalisation(
+            self.normalise_map = fitted(
                 post_processor.pixel_min, post_processor.pixel_max, post_processor.pixel_threshold
             )
         else:
@@ -105,7 +163,7 @@ class FittedPostProcessor(nn.Module):
 
 @contextmanager
 def fitted_post_processing(model: AnomalibModule) -> Iterator[AnomalibModule]:
-    """Temporarily give ``model`` a :class:`FittedPostProcessor` in place of anomalib's own post-processor.
+    """Temporarily give ``model`` a :class:`FittedPostProcessor` in place of its (:data:`FITTED`) post-processor.
 
     Post-processors of any other class (or none) are left as they are.
 
@@ -116,7 +174,7 @@ def fitted_post_processing(model: AnomalibModule) -> Iterator[AnomalibModule]:
         AnomalibModule: ``model``.
     """
     post_processor = model.post_processor
-    if type(post_processor) is not PostProcessor:
+    if type(post_processor) not in FITTED:
         yield model
         return
     try:

@@ -31,7 +31,7 @@ from rescore import raw_scores  # this folder, which is on sys.path when the scr
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad, SyntheticScans
-from anomalib_salad.deploy import load_salad_checkpoint
+from anomalib_salad.export import load_salad_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "salad_synthetic.yaml"
@@ -55,7 +55,7 @@ def train(args: argparse.Namespace) -> None:
         max_epochs=epochs,
         accelerator=args.accelerator,
         devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        strategy="ddp_find_unused_parameters_true" if args.devices > 1 else "auto",
         default_root_dir=args.out,
         logger=False,
         enable_progress_bar=False,

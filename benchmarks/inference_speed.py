@@ -38,7 +38,8 @@ import openvino as ov
 import torch
 
 from anomalib_salad import Salad, SyntheticScans
-from anomalib_salad.deploy import load_salad_checkpoint, precision_name
+from anomalib_salad.deploy import precision_name
+from anomalib_salad.export import load_salad_checkpoint
 
 
 @dataclass

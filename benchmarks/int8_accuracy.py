@@ -26,12 +26,11 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad.deploy import (
     SaladInferencer,
-    export_salad,
     list_images,
-    load_salad_checkpoint,
     precision_name,
     read_image,
 )
+from anomalib_salad.export import export_salad, load_salad_checkpoint
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -1,12 +1,14 @@
 """The paper's protocol on a Folder dataset: train one model for the full schedule, with AUROC curves on the way.
 
 Trains SALAD (the 64 px preset of ``configs/salad_braintumor_64px.yaml`` by default), the SSIM autoencoder (the
-same networks with only L_str, Table III's baseline) or anomalib's GANomaly for ``--epochs`` epochs with one seed,
-and writes, as they come (appended and flushed, so an interrupted run keeps what it measured):
+same networks with only L_str, Table III's baseline) or anomalib's GANomaly (its defaults, at the config's image
+size and batch size) for ``--epochs`` epochs with one seed, and writes, as they come (appended and flushed, so an
+interrupted run keeps what it measured):
 
-* ``--curve-csv``: every ``--every`` epochs, the test AUROC of each SALAD score (A_F, A_I, A_C) on the whole test
-  folder (images decoded once), plus label-free health signals: the spread of the latent codes, the distance of
-  the center from the origin and the mean latent-to-center distance of normal training images;
+* ``--curve-csv``: every ``--every`` epochs, the test AUROC of each SALAD score (A_F, A_I, A_C; GANomaly: its own
+  score) on the test split (images decoded once), plus, for SALAD, label-free health signals: the spread of the
+  latent codes, the distance of the center from the origin and the mean latent-to-center distance of normal
+  training images;
 * ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
   specificity at the best-F1 threshold), train images/s, and the command (the columns of ``docs/results/``).
 
@@ -26,6 +28,7 @@ import torch
 import yaml
 from anomalib.data import Folder
 from anomalib.engine import Engine
+from anomalib.models import Ganomaly
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torchmetrics.functional.classification import binary_auroc
 
@@ -85,12 +88,10 @@ class ScoreCurves(Callback):
         loader = torch.utils.data.DataLoader(self.test, batch_size=128, collate_fn=self.test.collate_fn)
         was_training = pl_module.training
         pl_module.eval()
-        score = pl_module.model.score
-        scores, target = raw_scores(pl_module, loader, SCORES)
-        pl_module.model.score = score
+        scores, target = score_test_split(pl_module, loader)
         row: dict[str, Any] = {**self.tags, "epoch": epoch}
         row |= {f"auroc_{name}": round(float(binary_auroc(values, target)), 4) for name, values in scores.items()}
-        row |= self._health(pl_module)
+        row |= self._health(pl_module) if isinstance(pl_module, Salad) else {}
         pl_module.train(was_training)
         self.rows.append(row)
         _append(self.path, [row], list(row))
@@ -114,11 +115,35 @@ class ScoreCurves(Callback):
         }
 
 
+@torch.no_grad()
+def score_test_split(model: LightningModule, loader: torch.utils.data.DataLoader) -> tuple[dict[str, Any], Any]:
+    """Raw test scores by name (SALAD: each Table V score; other models: their ``pred_score``) and the labels."""
+    if isinstance(model, Salad):
+        score = model.model.score
+        scores = raw_scores(model, loader, SCORES)
+        model.model.score = score
+        return scores
+    values, labels = [], []
+    for batch in loader:
+        images = batch.image.expand(-1, 3, -1, -1)  # the cache keeps grayscale images as one channel
+        values.append(model.model(model.pre_processor.transform(images)).pred_score.flatten())
+        labels.append(batch.gt_label)
+    return {"score": torch.cat(values)}, torch.cat(labels).int()
+
+
+def build_model(name: str, model_args: dict[str, Any], batch_size: int) -> LightningModule:
+    """SALAD or the SSIM autoencoder from the config's model arguments, or GANomaly with its defaults at that size."""
+    if name == "ganomaly":
+        size = model_args["image_size"]
+        return Ganomaly(batch_size=batch_size, pre_processor=Ganomaly.configure_pre_processor((size, size)))
+    return Salad(**(model_args | (AUTOENCODER if name == "autoencoder" else {})))
+
+
 def main() -> None:
     """Train, curve, test, write rows."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "salad_braintumor_64px.yaml")
-    parser.add_argument("--model", choices=["salad", "autoencoder"], default="salad")
+    parser.add_argument("--model", choices=["salad", "autoencoder", "ganomaly"], default="salad")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--every", type=int, default=10)
@@ -131,15 +156,13 @@ def main() -> None:
 
     config = yaml.safe_load(args.config.read_text())
     model_args = dict(config["model"]["init_args"])
-    if args.model == "autoencoder":
-        model_args |= AUTOENCODER
     for item in args.set:
         key, value = item.split("=", 1)
         model_args[key] = yaml.safe_load(value)
     data_args = dict(config["data"]["init_args"]) | ({"root": args.root} if args.root else {})
     seed_everything(args.seed)
     datamodule = Folder(**data_args)
-    model = Salad(**model_args)
+    model = build_model(args.model, model_args, data_args["train_batch_size"])
     name = args.model + "".join(f" {item}" for item in args.set)
     tags = {"model": name, "dataset": data_args["name"], "image_size": model_args["image_size"], "seed": args.seed}
     curves = ScoreCurves(datamodule, args.every, args.curve_csv, tags)
@@ -159,7 +182,7 @@ def main() -> None:
     model.eval()
     test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")
     loader = torch.utils.data.DataLoader(test, batch_size=128, collate_fn=test.collate_fn)
-    scores, target = raw_scores(model, loader, SCORES)
+    scores, target = score_test_split(model, loader)
     command = "python " + " ".join(sys.argv)
     rows = []
     for score, values in scores.items():

@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.deploy import load_salad_checkpoint
+from anomalib_salad.export import load_salad_checkpoint
 
 SCORES = {"feature": "A_F |E(x) - E(D(E(x)))|", "image": "A_I |x - D(E(x))|", "center": "A_C |E(x) - C|"}
 

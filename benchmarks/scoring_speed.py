@@ -151,7 +151,7 @@ def make_model(image_size: int, work: Path) -> Path:
 
     from anomalib_salad import Salad  # noqa: PLC0415
     from anomalib_salad.data import SyntheticScans  # noqa: PLC0415
-    from anomalib_salad.deploy import export_salad  # noqa: PLC0415
+    from anomalib_salad.export import export_salad  # noqa: PLC0415
 
     datamodule = SyntheticScans(
         root=work / "train", image_size=image_size, num_train=16, num_test=8, train_batch_size=8, eval_batch_size=8

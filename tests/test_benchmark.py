@@ -12,20 +12,19 @@ import pytest
 import torch
 import yaml
 from anomalib.data import ImageBatch
-from anomalib.models import ALLOWED_MODULES, UnknownModelError, get_model
+from anomalib.models import ALLOWED_MODULES, UnknownModelError
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
 from anomalib.post_processing import PostProcessor
 
 from anomalib_salad import Salad
 from anomalib_salad.benchmark import (
-    RankPreservingPostProcessor,
     SaladBenchmark,
-    allow_external_packages,
     build_datamodule,
     build_model,
     summarize,
 )
 from anomalib_salad.metrics import AUROC
+from anomalib_salad.post_processing import RankPreservingPostProcessor
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "benchmark"
@@ -127,35 +126,25 @@ def test_smoke_summary_and_checkpoint(smoke_run: tuple[subprocess.CompletedProce
     assert results.loc[results["model.class_path"] == "Ganomaly", "checkpoint"].isna().all()
 
 
-@pytest.fixture
-def restore_allowed_modules() -> None:
-    saved = set(ALLOWED_MODULES)
-    for name in [m for m in ALLOWED_MODULES if m.startswith("anomalib_salad")]:
-        ALLOWED_MODULES.discard(name)
-    yield
-    ALLOWED_MODULES.clear()
-    ALLOWED_MODULES.update(saved)
-
-
-@pytest.mark.usefixtures("restore_allowed_modules")
-def test_external_class_paths_need_and_get_the_allow_list() -> None:
-    config = {"class_path": "anomalib_salad.Salad", "init_args": TINY_SALAD}
-    with pytest.raises(UnknownModelError):
-        get_model(config)
-    added = allow_external_packages(["anomalib_salad"])
-    assert {"anomalib_salad", "anomalib_salad.lightning_model"} <= added
-    assert isinstance(get_model(config), Salad)
-    assert isinstance(get_model({**config, "class_path": "anomalib_salad.lightning_model.Salad"}), Salad)
-    assert allow_external_packages(["anomalib_salad"]) == set()  # idempotent
-
-
-def test_build_model_with_image_size() -> None:
-    allow_external_packages()
+def test_models_and_data_build_from_any_class_path_without_touching_anomalibs_allow_list() -> None:
+    before = set(ALLOWED_MODULES)
+    for class_path in ("anomalib_salad.Salad", "anomalib_salad.lightning_model.Salad"):
+        assert isinstance(build_model({"class_path": class_path, "init_args": TINY_SALAD}), Salad)
     model = build_model({"class_path": "Ganomaly", "name": "GANomaly", "image_size": 32,
                          "init_args": {"n_features": 8, "latent_vec_size": 8}})
     assert tuple(model.input_size) == (32, 32)
-    with pytest.raises(UnknownModelError, match="not allowed"):
+    assert type(build_datamodule({"class_path": "Folder", "init_args": {"name": "x", "root": "x",
+                                                                        "normal_dir": "x"}})).__name__ == "Folder"
+    assert set(ALLOWED_MODULES) == before
+    # Classes are checked before they are called: nothing but a model (or datamodule) is built from a config.
+    with pytest.raises(UnknownModelError, match="not a subclass of AnomalibModule"):
+        build_model({"class_path": "pathlib.Path", "init_args": {}})
+    with pytest.raises(UnknownModelError, match="names no class"):
         build_model({"class_path": "os.path.join", "image_size": 32})
+    with pytest.raises(UnknownModelError, match="cannot import"):
+        build_model({"class_path": "no_such_package.Model"})
+    with pytest.raises(UnknownModelError, match="not a subclass of AnomalibDataModule"):
+        build_datamodule({"class_path": "anomalib_salad.Salad", "init_args": {}})
     # Plain Python arguments, not OmegaConf nodes, reach the model (and its checkpoint's hyper-parameters).
     model = build_model({"class_path": "anomalib_salad.Salad", "init_args": {**TINY_SALAD, "feature_disc_hidden": [8]}})
     assert type(model.hparams["feature_disc_hidden"]) is list
@@ -245,7 +234,6 @@ def test_config_grids_build(name: str, jobs: int, tmp_path: Path, monkeypatch: p
     config = load_config(name)
     for folder in config.get("create_dirs", []):
         Path(folder).mkdir(parents=True, exist_ok=True)
-    allow_external_packages()
     points = list(get_iterator_from_grid_dict(config["benchmark"]))
     assert len(points) == jobs
     seen: set[str] = set()

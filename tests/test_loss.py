@@ -67,7 +67,9 @@ def test_generator_loss_weights() -> None:
     loss = GeneratorLoss(adv_weight=1, structure_weight=10, feature_weight=0, center_weight=2, restoration_weight=3)
     terms = {"adv": torch.tensor(1.0), "str": torch.tensor(2.0), "ct": torch.tensor(3.0), "self": torch.tensor(4.0)}
     torch.testing.assert_close(loss(terms), torch.tensor(1 + 20 + 6 + 12.0))
-    assert not loss.active("fea")
+    model = Salad(**TINY, feature_weight=0, restoration_weight=0)
+    assert model.active_terms == {"adv", "str", "ct"}
+    assert model.model.restoration_decoder is None
     with pytest.raises(ValueError, match="non-negative"):
         GeneratorLoss(adv_weight=-1)
 

@@ -1,4 +1,4 @@
-"""FittedPostProcessor: anomalib's post-processing with fixed statistics, bit for bit."""
+"""FittedPostProcessor: anomalib's and the rank-preserving post-processing with fixed statistics, bit for bit."""
 
 import pytest
 import torch
@@ -6,17 +6,18 @@ from anomalib.data import InferenceBatch
 from anomalib.post_processing import PostProcessor
 
 from anomalib_salad import Salad
-from anomalib_salad.benchmark import RankPreservingPostProcessor
-from anomalib_salad.post_processing import FittedPostProcessor, fitted_post_processing
+from anomalib_salad.post_processing import FittedPostProcessor, RankPreservingPostProcessor, fitted_post_processing
 
 from .conftest import TINY
 
 NAN = float("nan")
 
 
-def _post_processor(image: tuple[float, float, float], pixel: tuple[float, float, float], **kwargs) -> PostProcessor:
-    """A post-processor with (min, max, threshold) statistics for scores and maps."""
-    post_processor = PostProcessor(**kwargs)
+def _post_processor(
+    image: tuple[float, float, float], pixel: tuple[float, float, float], kind: type = PostProcessor, **kwargs
+) -> PostProcessor:
+    """A post-processor of class ``kind`` with (min, max, threshold) statistics for scores and maps."""
+    post_processor = kind(**kwargs)
     for prefix, (minimum, maximum, threshold) in (("image", image), ("pixel", pixel)):
         getattr(post_processor, f"{prefix}_min").fill_(minimum)
         getattr(post_processor, f"{prefix}_max").fill_(maximum)
@@ -43,9 +44,10 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("kind", [PostProcessor, RankPreservingPostProcessor])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_same_outputs_as_anomalib(case: dict) -> None:
-    post_processor = _post_processor(**case)
+def test_same_outputs_as_the_post_processor(case: dict, kind: type) -> None:
+    post_processor = _post_processor(**case, kind=kind)
     predictions = _predictions()
     expected, fitted = post_processor(predictions), FittedPostProcessor(post_processor)(predictions)
     for field in ("pred_score", "anomaly_map", "pred_label", "pred_mask"):
@@ -65,12 +67,15 @@ def test_fitted_case_has_no_where() -> None:
 
 
 def test_other_post_processors_are_refused_and_kept() -> None:
-    rank_preserving = RankPreservingPostProcessor()
-    with pytest.raises(TypeError, match="RankPreservingPostProcessor"):
-        FittedPostProcessor(rank_preserving)
-    model = Salad(**TINY, post_processor=rank_preserving)
+    class Custom(PostProcessor):
+        pass
+
+    custom = Custom()
+    with pytest.raises(TypeError, match="Custom"):
+        FittedPostProcessor(custom)
+    model = Salad(**TINY, post_processor=custom)
     with fitted_post_processing(model):
-        assert model.post_processor is rank_preserving
+        assert model.post_processor is custom
 
 
 def test_context_swaps_and_restores() -> None:

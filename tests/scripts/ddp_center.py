@@ -25,7 +25,8 @@ def main() -> None:
     model = Salad(**TINY)
     datamodule = Folder(name="tiny", root=root, normal_dir="train/normal", abnormal_dir="test/abnormal",
                         normal_test_dir="test/normal", train_batch_size=8, eval_batch_size=8, num_workers=0, seed=0)
-    engine = Engine(max_epochs=2, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+    strategy = "ddp_find_unused_parameters_true" if devices > 1 else "auto"
+    engine = Engine(max_epochs=2, accelerator="cpu", devices=devices, strategy=strategy,
                     default_root_dir=out, logger=False, enable_progress_bar=False, enable_model_summary=False)
     engine.fit(model, datamodule=datamodule)
     rank = engine.trainer.global_rank

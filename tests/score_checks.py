@@ -23,7 +23,8 @@ from anomalib.engine import Engine
 from PIL import Image
 
 from anomalib_salad import Salad
-from anomalib_salad.deploy import SaladInferencer, export_salad
+from anomalib_salad.deploy import SaladInferencer
+from anomalib_salad.export import export_salad
 from anomalib_salad.reader import ReaderConfig, read_images
 from anomalib_salad.score import UsageError, parse_shard, resolve_inputs, select_shard
 
@@ -132,7 +133,7 @@ def test_every_image_is_scored_as_the_inferencer_scores_it(model_xml: Path, arch
     assert sum(item.startswith(f"{archive / 'volume.nii.gz'}:2:") for item, _, _ in rows) == 6
     for item, score, label in rows:
         prediction = expected[item]
-        # test_export's f32 tolerance: the THROUGHPUT hint's one-thread streams sum in another order than the
+        # export_checks' f32 tolerance: the THROUGHPUT hint's one-thread streams sum in another order than the
         # inferencer's (~1e-6, amplified by the normalisation), and 6 decimals are written.
         assert float(score) == pytest.approx(float(prediction.pred_score[0]), rel=1e-4, abs=2e-5)
         if abs(float(score) - 0.5) > 2e-4:  # a score at the threshold may fall either side

@@ -25,16 +25,17 @@ from PIL import Image, UnidentifiedImageError
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad, SaladOpenVINO
+from anomalib_salad.benchmark import SaladBenchmarkJob
 from anomalib_salad.deploy import (
     CheckpointError,
     InputImageError,
     SaladInferencer,
-    export_salad,
-    load_salad_checkpoint,
     read_image,
     to_model_input,
 )
+from anomalib_salad.export import export_salad, load_salad_checkpoint
 from anomalib_salad.lightning_model import _is_latent_end_convolution
+from anomalib_salad.post_processing import RankPreservingPostProcessor
 
 from .conftest import TINY
 
@@ -390,6 +391,31 @@ def test_engine_test_evaluates_the_exported_ir(exports: dict[str, Path], tiny_sc
     scores = torch.from_numpy(inferencer.predict(abnormal + normal).pred_score)
     labels = torch.tensor([1] * len(abnormal) + [0] * len(normal))
     assert metrics["image_AUROC"] == pytest.approx(float(binary_auroc(scores, labels)), abs=1e-6)
+
+
+def test_one_auroc_for_one_checkpoint(checkpoint: Path, exports: dict[str, Path], tiny_scans: Path,
+                                     tmp_path: Path) -> None:
+    """Engine.test from the checkpoint (what ``anomalib test --ckpt_path`` runs), the benchmark's job, the exported IR
+    and the raw scores: one AUROC, because Salad's post-processor keeps the ranking (no clamp ties)."""
+    datamodule = Folder(name="tiny", root=tiny_scans, normal_dir="train/normal", abnormal_dir="test/abnormal",
+                        normal_test_dir="test/normal", eval_batch_size=16, num_workers=0, val_split_mode="none")
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    model = Salad(**TINY, visualizer=False)
+    from_checkpoint = engine.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]["image_AUROC"]
+    assert type(model.post_processor) is RankPreservingPostProcessor
+    SaladBenchmarkJob(accelerator="cpu", model=model, datamodule=datamodule, seed=0, flat_cfg={})._prepare_model()
+    in_benchmark = engine.test(model, datamodule=datamodule)[0]["image_AUROC"]
+    exported = engine.test(SaladOpenVINO(exports["openvino"], visualizer=False), datamodule=datamodule)[0]
+    model.eval()
+    raw, labels = [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            raw.append(model.model(model.pre_processor(batch.image)).pred_score)
+            labels.append(batch.gt_label)
+    raw_auroc = float(binary_auroc(torch.cat(raw), torch.cat(labels).int()))
+    assert from_checkpoint == pytest.approx(raw_auroc, abs=1e-6)
+    assert in_benchmark == pytest.approx(raw_auroc, abs=1e-6)
+    assert exported["image_AUROC"] == pytest.approx(raw_auroc, abs=1e-6)
 
 
 def test_exported_ir_cannot_be_trained(exports: dict[str, Path], tiny_scans: Path, tmp_path: Path) -> None:
