@@ -397,25 +397,34 @@ def test_one_auroc_for_one_checkpoint(checkpoint: Path, exports: dict[str, Path]
                                      tmp_path: Path) -> None:
     """Engine.test from the checkpoint (what ``anomalib test --ckpt_path`` runs), the benchmark's job, the exported IR
     and the raw scores: one AUROC, because Salad's post-processor keeps the ranking (no clamp ties)."""
-    datamodule = Folder(name="tiny", root=tiny_scans, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                        normal_test_dir="test/normal", eval_batch_size=16, num_workers=0, val_split_mode="none")
-    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+
+    def data() -> Folder:  # a fresh one each time: a model's pre-processor attaches its transform to the datasets
+        return Folder(name="tiny", root=tiny_scans, normal_dir="train/normal", abnormal_dir="test/abnormal",
+                      normal_test_dir="test/normal", eval_batch_size=16, num_workers=0, val_split_mode="none")
+
+    def engine() -> Engine:  # likewise: a trainer keeps the callbacks its last model configured
+        return Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+
     model = Salad(**TINY, visualizer=False)
-    from_checkpoint = engine.test(model, datamodule=datamodule, ckpt_path=checkpoint)[0]["image_AUROC"]
+    from_checkpoint = engine().test(model, datamodule=data(), ckpt_path=checkpoint)[0]["image_AUROC"]
     assert type(model.post_processor) is RankPreservingPostProcessor
-    SaladBenchmarkJob(accelerator="cpu", model=model, datamodule=datamodule, seed=0, flat_cfg={})._prepare_model()
-    in_benchmark = engine.test(model, datamodule=datamodule)[0]["image_AUROC"]
-    exported = engine.test(SaladOpenVINO(exports["openvino"], visualizer=False), datamodule=datamodule)[0]
+    job = SaladBenchmarkJob(accelerator="cpu", model=model, datamodule=data(), seed=0, flat_cfg={})
+    job._prepare_model()
+    in_benchmark = engine().test(job.model, datamodule=job.datamodule)[0]["image_AUROC"]
+    exported = engine().test(SaladOpenVINO(exports["openvino"], visualizer=False), datamodule=data())[0]["image_AUROC"]
     model.eval()
+    datamodule = data()
+    datamodule.setup()
     raw, labels = [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            raw.append(model.model(model.pre_processor(batch.image)).pred_score)
+            raw.append(model.model(model.pre_processor.export_transform(batch.image)).pred_score)
             labels.append(batch.gt_label)
     raw_auroc = float(binary_auroc(torch.cat(raw), torch.cat(labels).int()))
+    assert 0 < raw_auroc < 1
     assert from_checkpoint == pytest.approx(raw_auroc, abs=1e-6)
     assert in_benchmark == pytest.approx(raw_auroc, abs=1e-6)
-    assert exported["image_AUROC"] == pytest.approx(raw_auroc, abs=1e-6)
+    assert exported == pytest.approx(raw_auroc, abs=1e-6)
 
 
 def test_exported_ir_cannot_be_trained(exports: dict[str, Path], tiny_scans: Path, tmp_path: Path) -> None:
