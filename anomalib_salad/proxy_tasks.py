@@ -28,14 +28,14 @@ __all__ = ["RandomBezierIntensity", "RandomInPainting", "RandomLocalPixelShuffle
 
 
 class _ProxyTask(IntensityAugmentationBase2D):
-    """Base of the proxy tasks: refuses NaN/Inf images, which no task can restore (kornia checks dtype and rank)."""
+    """Base of the proxy tasks: kornia's input validation, plus a refusal of NaN/Inf images (nothing restores them)."""
 
-    def forward(self, input: Tensor, params: dict[str, Tensor] | None = None, **kwargs: Any) -> Tensor:  # noqa: A002
-        """Check the images, then run kornia's forward."""
-        if isinstance(input, Tensor) and input.is_floating_point() and not torch.isfinite(input).all():
+    def validate_tensor(self, input: Tensor) -> None:  # noqa: A002  (kornia's name)
+        """Check the dtype and ``(B, C, H, W)`` shape as kornia does, then that every value is finite."""
+        super().validate_tensor(input)
+        if not torch.isfinite(input).all():
             msg = f"{type(self).__name__} expects images in [0, 1]; got NaN or Inf values in shape {tuple(input.shape)}"
             raise ValueError(msg)
-        return super().forward(input, params, **kwargs)
 
 
 def _random_boxes(
