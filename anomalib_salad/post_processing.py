@@ -61,14 +61,21 @@ def _unchanged(predictions: Tensor) -> Tensor:
     return predictions
 
 
-def _fitted_normalisation(minimum: Tensor, maximum: Tensor, threshold: Tensor) -> Callable[[Tensor], Tensor]:
-    """``PostProcessor._normalize`` for fixed statistics: only the case they select, with anomalib's arithmetic."""
+def _fixed_statistics(minimum: Tensor, maximum: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(threshold, max - min)`` as both normalisations derive them, or ``None`` where no statistics were fitted."""
     minimum, maximum, threshold = (value.detach().clone() for value in (minimum, maximum, threshold))
     if math.isnan(minimum) or math.isnan(maximum):
-        return _unchanged
+        return None
     if math.isnan(threshold):
         threshold = (maximum + minimum) / 2
-    value_range = maximum - minimum
+    return threshold, maximum - minimum
+
+
+def _fitted_normalisation(minimum: Tensor, maximum: Tensor, threshold: Tensor) -> Callable[[Tensor], Tensor]:
+    """``PostProcessor._normalize`` for fixed statistics: only the case they select, with anomalib's arithmetic."""
+    if (statistics := _fixed_statistics(minimum, maximum, threshold)) is None:
+        return _unchanged
+    threshold, value_range = statistics
     if value_range == 0:
         return lambda predictions: torch.where(
             predictions > threshold, 1.0, torch.where(predictions < threshold, 0.0, 0.5)
@@ -78,12 +85,9 @@ def _fitted_normalisation(minimum: Tensor, maximum: Tensor, threshold: Tensor) -
 
 def _fitted_rank_preserving(minimum: Tensor, maximum: Tensor, threshold: Tensor) -> Callable[[Tensor], Tensor]:
     """``RankPreservingPostProcessor._normalize`` for fixed statistics, with its arithmetic."""
-    minimum, maximum, threshold = (value.detach().clone() for value in (minimum, maximum, threshold))
-    if math.isnan(minimum) or math.isnan(maximum):
+    if (statistics := _fixed_statistics(minimum, maximum, threshold)) is None:
         return _unchanged
-    if math.isnan(threshold):
-        threshold = (maximum + minimum) / 2
-    value_range = maximum - minimum
+    threshold, value_range = statistics
     safe_range = torch.ones_like(value_range) if value_range == 0 else value_range
 
     def normalise(predictions: Tensor) -> Tensor:
