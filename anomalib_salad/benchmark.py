@@ -188,6 +188,11 @@ class ThroughputMonitor(Callback):
     Training time runs from each train epoch's start to its end minus any validation inside it, so it covers
     data loading, forward, backward and optimiser steps. Test time is the test loop (loading, inference,
     post-processing, metric updates). On CUDA the device is synchronised at each boundary.
+
+    Why not the libraries' own: Lightning's ``ThroughputMonitor`` measures much the same (validation subtracted)
+    but reports rolling-window rates through the trainer's logger, and the benchmark's jobs run without one and
+    need one figure per run for ``results.csv``; anomalib's ``TimerCallback`` prints fit and test times but returns
+    nothing a table can hold.
     """
 
     def __init__(self) -> None:
