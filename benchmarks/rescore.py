@@ -4,13 +4,14 @@ The three scores differ only at test time, so one trained model gives all three 
 
 Usage:
     python benchmarks/rescore.py --ckpt runs/benchmark/braintumor_cpu/checkpoints/<run>.ckpt \
-        --root ../shared/data/braintumor
+        --root ../shared/data/braintumor [--scores-out runs/scores/salad_s0]   # files for figures.py roc --scores
 """
 
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
+import pandas as pd
 import torch
 from anomalib.data import Batch, Folder
 from torch import Tensor
@@ -50,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--root", required=True, type=Path, help="Folder dataset: train/normal, test/{normal,abnormal}")
+    parser.add_argument("--scores-out", type=Path, help="write <dir>/<score>.csv (image_path, gt_label, pred_score)")
     args = parser.parse_args()
 
     model = load_salad_checkpoint(args.ckpt)
@@ -63,6 +65,11 @@ def main() -> None:
         values = scores[name]
         print(f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
               f"{float(values[target == 1].mean()):>14.5f}")
+        if args.scores_out:
+            args.scores_out.mkdir(parents=True, exist_ok=True)
+            paths = [str(path) for path in datamodule.test_data.samples["image_path"]]
+            frame = {"image_path": paths, "gt_label": target.tolist(), "pred_score": values.tolist()}
+            pd.DataFrame(frame).to_csv(args.scores_out / f"{name}.csv", index=False)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Sub-commands (each writes one PNG, ``roc`` one per dataset):
   the center loss (Fig. 7): red with, blue without; dots normal, crosses abnormal; (a) all, (b) zoomed.
 * ``roc``: ROC curves per dataset from a benchmark folder (``results.csv`` and its per-run score files, mean
   curve over seeds, AUC mean +- std in the legend; Fig. 4), or from score files given directly.
+* ``curves``: test AUROC against epoch from ``paper_protocol.py``'s curve CSVs, one panel per model, one line per
+  score (mean over seeds, the band their min-max); label-free health signals (latent spread, center norm) below.
 * ``all``: everything the given arguments allow.
 
 A Folder dataset is ``ROOT/train/normal``, ``ROOT/test/normal`` and ``ROOT/test/abnormal`` unless the ``--*-dir``
@@ -21,6 +23,7 @@ Usage:
     python examples/figures.py proxy --root datasets/salad_synthetic --image-size 64
     python examples/figures.py tsne --ckpt with_center.ckpt --ckpt-without without_center.ckpt --root ROOT
     python examples/figures.py roc --benchmark-dir runs/benchmark/braintumor
+    python examples/figures.py curves --curves docs/results/braintumor_64px_curves.csv --out-dir docs/figures
     python examples/figures.py all --ckpt A.ckpt --ckpt-without B.ckpt --root ROOT --benchmark-dir DIR --out-dir figs
 """
 
@@ -283,6 +286,44 @@ def figures_roc_from_benchmark(benchmark_dir: Path, out_dir: Path) -> list[Path]
     return written
 
 
+CURVE_SCORES = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A_C", "auroc_score": "score"}
+
+
+def figure_curves(curve_csvs: Sequence[Path], out: Path) -> Path:
+    """Test AUROC per score against epoch for each model (mean over seeds, min-max band), health signals below."""
+    frame = pd.concat([pd.read_csv(path) for path in curve_csvs], ignore_index=True)
+    models = list(dict.fromkeys(frame["model"]))
+    health = [column for column in ("latent_std", "center_norm") if column in frame]
+    rows = 2 if health else 1
+    fig, axes = plt.subplots(rows, len(models), figsize=(3.4 * len(models), 2.9 * rows), squeeze=False, sharex=True)
+    for column, model in enumerate(models):
+        runs = frame[frame["model"] == model]
+        seeds = sorted(runs["seed"].unique())
+        ax = axes[0, column]
+        present = [(key, label) for key, label in CURVE_SCORES.items() if key in runs and runs[key].notna().any()]
+        for index, (name, label) in enumerate(present):
+            stats = runs.groupby("epoch")[name].agg(["mean", "min", "max"])
+            ax.plot(stats.index, stats["mean"], color=f"C{index}", lw=1.6, label=label)
+            if len(seeds) > 1:
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{index}", alpha=0.2)
+        ax.axhline(0.5, color="gray", ls="--", lw=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{model} (seeds {', '.join(map(str, seeds))})", fontsize=8)
+        ax.set_ylabel("test AUROC")
+        ax.legend(fontsize=7)
+        if health and runs[health].notna().any().any():
+            for index, name in enumerate(health):
+                stats = runs.groupby("epoch")[name].mean()
+                axes[1, column].plot(stats.index, stats, color=f"C{index + 4}", lw=1.4, label=name)
+            axes[1, column].set_yscale("log")
+            axes[1, column].legend(fontsize=7)
+        elif health:
+            axes[1, column].set_axis_off()
+        axes[-1, column].set_xlabel("epoch")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 def _save(fig: plt.Figure, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
@@ -294,7 +335,7 @@ def _save(fig: plt.Figure, out: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the sub-command and draw."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["reconstructions", "proxy", "tsne", "roc", "all"])
+    parser.add_argument("command", choices=["reconstructions", "proxy", "tsne", "roc", "curves", "all"])
     parser.add_argument("--ckpt", type=Path, help="SALAD checkpoint (with the center loss for tsne)")
     parser.add_argument("--ckpt-without", type=Path, help="SALAD checkpoint trained without the center loss (tsne)")
     parser.add_argument("--root", type=Path, help="Folder dataset root")
@@ -308,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--benchmark-dir", type=Path, help="folder with results.csv and scores/ (roc)")
     parser.add_argument("--scores", nargs="*", default=[], metavar="LABEL=FILE",
                         help="score files (image_path,gt_label,pred_score) to plot instead of a benchmark (roc)")
+    parser.add_argument("--curves", nargs="*", type=Path, default=[], help="paper_protocol.py curve CSVs (curves)")
     parser.add_argument("--out-dir", type=Path, default=Path("figures"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bit-depth", type=int, help="bits stored in 16-bit PNG/TIFF files, as in training")
@@ -316,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     global READER  # noqa: PLW0603  (one setting for every reader call of this script)
     READER = ReaderConfig().replace(bit_depth=args.bit_depth, window=args.window, axis=args.axis)
-    run = {args.command} if args.command != "all" else {"reconstructions", "proxy", "tsne", "roc"}
+    run = {args.command} if args.command != "all" else {"reconstructions", "proxy", "tsne", "roc", "curves"}
 
     def need(*names: str) -> bool:
         missing = [n for n in names if getattr(args, n) is None]
@@ -343,6 +385,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             figure_roc(curves, "ROC", args.out_dir / "roc.png")
         elif need("benchmark_dir"):
             figures_roc_from_benchmark(args.benchmark_dir, args.out_dir)
+    if "curves" in run and (args.curves or args.command != "all"):
+        if not args.curves:
+            parser.error("curves needs --curves")
+        for path in args.curves:
+            figure_curves([path], args.out_dir / f"{path.stem}.png")
 
 
 if __name__ == "__main__":

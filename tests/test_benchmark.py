@@ -1,5 +1,6 @@
 """Tests of anomalib_salad.benchmark: the smoke grid end to end on CPU, the shipped configs, and the parts."""
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -276,3 +277,25 @@ def test_braintumor_config_finds_the_data(monkeypatch: pytest.MonkeyPatch) -> No
     datamodule.setup()
     assert len(datamodule.train_data) == 1000
     assert len(datamodule.val_data) + len(datamodule.test_data) == 1200
+
+
+def test_curve_figure_averages_seeds_per_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # examples/figures.py curves: one panel per model, the mean over seeds of each score at each epoch.
+    script = Path(__file__).parents[1] / "examples" / "figures.py"
+    spec = importlib.util.spec_from_file_location("salad_figures", script)
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    rows = [
+        {"model": model, "seed": seed, "epoch": epoch, "auroc_feature": 0.5 + 0.1 * seed + 0.01 * epoch,
+         "auroc_image": 0.4, "auroc_center": 0.6, "latent_std": 0.01, "center_norm": 1.0}
+        for model in ("salad", "autoencoder") for seed in (0, 1) for epoch in (10, 20)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "curves.csv", index=False)
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out: drawn.setdefault("fig", fig) and out)
+    figures.figure_curves([tmp_path / "curves.csv"], tmp_path / "curves.png")
+    fig = drawn["fig"]
+    assert [ax.get_title().split(" ")[0] for ax in fig.axes[:2]] == ["salad", "autoencoder"]
+    feature = fig.axes[0].lines[0]
+    assert list(feature.get_xdata()) == [10, 20]
+    assert list(feature.get_ydata()) == pytest.approx([0.65, 0.75])  # seeds 0 and 1 averaged

@@ -1,0 +1,86 @@
+"""Markdown tables for docs/results.md from the rows ``paper_protocol.py`` writes (mean +- std over seeds).
+
+Reads a result CSV (one row per model, seed and score after the last epoch) and optionally its curve CSV (test
+AUROC of every score every few epochs) and prints:
+
+* per model and score: AUROC mean +- std over seeds with each seed's value, the other four paper metrics (means),
+  and training images/s (mean);
+* per model: the curve, test AUROC of each score at each logged epoch, mean over seeds (min-max when seeds > 1),
+  with the label-free health signals of SALAD runs.
+
+Usage:
+    python benchmarks/protocol_tables.py --csv docs/results/braintumor_64px.csv \
+        --curve-csv docs/results/braintumor_64px_curves.csv
+"""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+SCORE_NAMES = {"feature": "A_F", "image": "A_I", "center": "A_C", "score": "its score"}
+CURVE_COLUMNS = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A_C", "auroc_score": "score"}
+HEALTH_COLUMNS = {"latent_std": "latent std", "center_norm": "center norm", "normal_to_center": "normal-to-center"}
+
+
+def _spread(values: pd.Series) -> str:
+    """``mean ± std`` (sample std) of a column, or the single value."""
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def summary_table(results: pd.DataFrame) -> str:
+    """One line per model and score: AUROC over seeds, the other paper metrics and the speed."""
+    lines = [
+        "| model | score | seeds | AUROC mean ± std | per seed | F1 | ACC | SEN | SPE | train img/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (model, score), group in results.groupby(["model", "score"], sort=False):
+        rows = group.sort_values("seed")
+        per_seed = " / ".join(f"{value:.3f}" for value in rows["auroc"])
+        metrics = " | ".join(f"{rows[name].mean():.3f}" for name in ("f1", "accuracy", "sensitivity", "specificity"))
+        speed = rows["train_images_per_s"].dropna()
+        speed_text = f"{speed.mean():.1f}" if len(speed) else ""
+        lines.append(
+            f"| {model} | {SCORE_NAMES.get(score, score)} | {', '.join(map(str, rows['seed']))} | "
+            f"{_spread(rows['auroc'])} | {per_seed} | {metrics} | {speed_text} |"
+        )
+    return "\n".join(lines)
+
+
+def curve_table(curves: pd.DataFrame, model: str) -> str:
+    """Test AUROC of each score per logged epoch for one model (mean over seeds, [min, max] with several)."""
+    runs = curves[curves["model"] == model]
+    scores = {key: name for key, name in CURVE_COLUMNS.items() if key in runs and runs[key].notna().any()}
+    health = {key: name for key, name in HEALTH_COLUMNS.items() if key in runs and runs[key].notna().any()}
+    seeds = runs["seed"].nunique()
+    header = ["epoch", "seeds", *scores.values(), *health.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for epoch, rows in runs.groupby("epoch"):
+        cells = [str(epoch), str(len(rows))]
+        for key in scores:
+            values = rows[key]
+            span = f" [{values.min():.2f}, {values.max():.2f}]" if seeds > 1 and len(values) > 1 else ""
+            cells.append(f"{values.mean():.3f}{span}")
+        cells += [f"{rows[key].mean():.4f}" for key in health]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", type=Path, required=True, help="paper_protocol.py --csv rows")
+    parser.add_argument("--curve-csv", type=Path, help="paper_protocol.py --curve-csv rows")
+    args = parser.parse_args()
+    print(summary_table(pd.read_csv(args.csv)))
+    if args.curve_csv:
+        curves = pd.read_csv(args.curve_csv)
+        for model in dict.fromkeys(curves["model"]):
+            print(f"\n{model}:\n")
+            print(curve_table(curves, model))
+
+
+if __name__ == "__main__":
+    main()
