@@ -10,6 +10,9 @@ loads its torch classes lazily. Files are read by :mod:`anomalib_salad.reader`, 
 The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (bicubic),
 scales to ``[-1, 1]``, converts to grayscale, scores, and min-max normalises with the threshold fitted on
 the validation set, so ``pred_score`` lies in ``[0, 1]`` with the decision threshold at ``0.5``.
+:class:`SaladInferencer` also takes channels-last and uint8 batches as they are read: OpenVINO's
+``PrePostProcessor`` adds the transposition and the scaling to the compiled graph (the layout of an array is
+given by the caller, or read by one documented rule).
 
 Example:
     >>> from anomalib_salad.deploy import SaladInferencer
@@ -40,12 +43,16 @@ __all__ = [
     "SaladPrediction",
     "heatmap_overlay",
     "precision_name",
+    "prepare_input",
     "read_image",
     "to_model_input",
 ]
 
 IMAGE_EXTENSIONS = reader.SUPPORTED_SUFFIXES
 PrecisionHint = Literal["f32", "bf16", "f16"]
+InputLayout = Literal["HW", "HWC", "CHW", "NHWC", "NCHW"]
+BatchLayout = Literal["NHWC", "NCHW"]
+INPUT_LAYOUTS: tuple[str, ...] = ("HW", "HWC", "CHW", "NHWC", "NCHW")
 # The deployment default: 16-bit PNG/TIFF files need the bit depth the model was trained with (the graph cannot
 # tell 12-bit data read as 16-bit from a darker image). DICOM and NIfTI files carry their own scaling.
 DEPLOY_READER = ReaderConfig(require_bit_depth=True)
@@ -92,10 +99,10 @@ def read_image(path: str | Path, config: ReaderConfig | None = None) -> np.ndarr
         raise InputImageError(msg) from error
 
 
-def _as_float(array: np.ndarray, what: str) -> np.ndarray:
-    """``array`` as float32 in ``[0, 1]``: uint8 is scaled as the reader scales 8-bit files, floats must be in range."""
+def _checked_values(array: np.ndarray, what: str) -> np.ndarray:
+    """``array`` as uint8 (kept: the graph scales it) or float32 in ``[0, 1]``; no scaling guessed from values."""
     if array.dtype == np.uint8:
-        return reader.uint8_to_float(array)
+        return array
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if not np.issubdtype(array.dtype, np.floating):
@@ -118,69 +125,111 @@ def _channels_hint(channels: int) -> str:
     return hints.get(channels, "")
 
 
-def _to_nchw(array: np.ndarray, what: str) -> np.ndarray:
-    """Layout of one image ``(H, W)``, ``(H, W, C)``, ``(C, H, W)`` or a batch ``(N, H, W, C)``, ``(N, C, H, W)``."""
-    shape = array.shape
-    if array.ndim == 2:
-        return array[None, None]
-    if array.ndim == 3:
-        if shape[-1] in {1, 3}:  # channels last first, as anomalib and PIL do
-            return array.transpose(2, 0, 1)[None]
-        if shape[0] in {1, 3}:
-            return array[None]
-        channels = shape[-1] if shape[-1] < shape[0] else shape[0]
-        msg = (
-            f"{what} has shape {shape}: expected (H, W), (H, W, C) or (C, H, W) with C = 1 (grayscale) or 3 (RGB), "
-            f"got {channels} channels{_channels_hint(channels)}"
-        )
-        raise InputImageError(msg)
-    if array.ndim == 4:
+def _default_layout(shape: tuple[int, ...], what: str) -> str:
+    """The documented rule for an array given without a layout: channels last if the last side is 1 or 3."""
+    if len(shape) == 2:
+        return "HW"
+    if len(shape) in {3, 4}:
+        channels_first = shape[len(shape) - 3]
         if shape[-1] in {1, 3}:
-            return array.transpose(0, 3, 1, 2)
-        if shape[1] in {1, 3}:
-            return array
-        channels = shape[-1] if shape[-1] < shape[1] else shape[1]
+            return "HWC" if len(shape) == 3 else "NHWC"
+        if channels_first in {1, 3}:
+            return "CHW" if len(shape) == 3 else "NCHW"
+        channels = min(shape[-1], channels_first)
+        expected = "(H, W), (H, W, C) or (C, H, W)" if len(shape) == 3 else "a batch (N, H, W, C) or (N, C, H, W)"
         msg = (
-            f"{what} has shape {shape}: expected a batch (N, H, W, C) or (N, C, H, W) with C = 1 or 3, "
+            f"{what} has shape {shape}: expected {expected} with C = 1 (grayscale) or 3 (RGB), "
             f"got {channels} channels{_channels_hint(channels)}"
         )
         raise InputImageError(msg)
-    msg = f"{what} has {array.ndim} dimensions (shape {shape}); expected an image (2 or 3) or a batch (4)"
+    msg = f"{what} has {len(shape)} dimensions (shape {shape}); expected an image (2 or 3) or a batch (4)"
     raise InputImageError(msg)
 
 
-def to_model_input(image: str | Path | Image.Image | np.ndarray | Any) -> np.ndarray:
-    """Turn one image or a batch into the exported graph's input ``(N, 3, H, W)`` float32 in ``[0, 1]``.
+def _as_batch(array: np.ndarray, layout: InputLayout | None, what: str) -> tuple[np.ndarray, BatchLayout]:
+    """A view of ``array`` with batch and channel axes, and whether it is ``NHWC`` or ``NCHW`` (no pixel copied)."""
+    layout = layout or _default_layout(array.shape, what)
+    if layout not in INPUT_LAYOUTS:
+        msg = f"layout {layout!r} is not one of {', '.join(INPUT_LAYOUTS)}"
+        raise InputImageError(msg)
+    if array.ndim != len(layout):
+        msg = f"{what} has {array.ndim} dimensions (shape {array.shape}); layout {layout} needs {len(layout)}"
+        raise InputImageError(msg)
+    batch = array[None, ..., None] if layout == "HW" else array if layout.startswith("N") else array[None]
+    batch_layout: BatchLayout = "NCHW" if layout.endswith("CHW") else "NHWC"
+    channels = batch.shape[batch_layout.index("C")]
+    if channels not in {1, 3}:
+        msg = f"{what} has shape {array.shape}: layout {layout} gives {channels} channels, expected 1 or 3"
+        raise InputImageError(msg + _channels_hint(channels))
+    return batch, batch_layout
+
+
+def prepare_input(
+    image: str | Path | Image.Image | np.ndarray | Any, layout: InputLayout | None = None
+) -> tuple[np.ndarray, BatchLayout]:
+    """One image or a batch as a contiguous 3-channel uint8 or float32 batch, in the layout it came in.
+
+    The transposition to the graph's ``NCHW`` and the uint8 scaling are left to OpenVINO's
+    ``PrePostProcessor`` (:meth:`SaladInferencer.compiled_for`), so pixels are copied at most once here (grayscale
+    is repeated to three channels, which the graph turns back into one with weights that sum to 1).
 
     Args:
         image: A file path (read by :func:`read_image` with its default settings); a PIL image (by the same
-            bit-depth rule); an array (or anything ``np.asarray`` accepts, e.g. a CPU tensor) of shape ``(H, W)``,
-            ``(H, W, C)``, ``(C, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)`` with ``C`` 1 or 3, as uint8 (0-255)
-            or float in ``[0, 1]``. Grayscale is repeated to three channels.
+            bit-depth rule); an array (or anything ``np.asarray`` accepts, e.g. a CPU tensor) as uint8 (0-255)
+            or float in ``[0, 1]``.
+        layout: The array's axes: ``"HW"``, ``"HWC"``, ``"CHW"``, ``"NHWC"`` or ``"NCHW"``, with ``C`` 1 or 3.
+            ``None`` applies the documented rule: 2 axes are ``HW``; 3 or 4 axes are channels last when the last
+            side is 1 or 3, else channels first. Give it when that rule could misread an array (e.g. ``(3, 3, 3)``
+            channels first). Files and PIL images are always ``HWC``.
+
+    Returns:
+        tuple[np.ndarray, str]: The ``(N, H, W, 3)`` or ``(N, 3, H, W)`` batch (uint8, or float32 in ``[0, 1]``)
+        and its layout, ``"NHWC"`` or ``"NCHW"``.
+
+    Raises:
+        InputImageError: On a wrong channel count, rank, layout, dtype or value range, or an unreadable file.
+        FileNotFoundError: If a path does not exist.
+    """
+    if isinstance(image, str | Path):
+        array, what, layout = read_image(image), str(image), "HWC"
+    elif isinstance(image, Image.Image):
+        try:
+            array, what, layout = reader.pil_to_array(image, DEPLOY_READER), "PIL image", "HWC"
+        except ImageReadError as error:
+            raise InputImageError(str(error)) from error
+    else:
+        array, what = np.asarray(image), f"array of shape {np.shape(image)}"
+    batch, batch_layout = _as_batch(np.asarray(array), layout, what)
+    batch = _checked_values(batch, what)
+    if 0 in batch.shape:
+        msg = f"{what} is empty"
+        raise InputImageError(msg)
+    channel_axis = batch_layout.index("C")
+    if batch.shape[channel_axis] == 1:
+        batch = np.repeat(batch, 3, axis=channel_axis)
+    return np.ascontiguousarray(batch), batch_layout
+
+
+def to_model_input(image: str | Path | Image.Image | np.ndarray | Any, layout: InputLayout | None = None) -> np.ndarray:
+    """Turn one image or a batch into the exported graph's own input ``(N, 3, H, W)`` float32 in ``[0, 1]``.
+
+    For torch and anomalib's inferencer; :class:`SaladInferencer` takes :func:`prepare_input`'s batch as it is.
+
+    Args:
+        image: What :func:`prepare_input` takes.
+        layout: The array's axes, as for :func:`prepare_input`. Defaults to its documented rule.
 
     Returns:
         np.ndarray: Contiguous ``(N, 3, H, W)`` float32.
 
     Raises:
-        InputImageError: On a wrong channel count, rank, dtype or value range, or an unreadable file.
+        InputImageError: On a wrong channel count, rank, layout, dtype or value range, or an unreadable file.
         FileNotFoundError: If a path does not exist.
     """
-    if isinstance(image, str | Path):
-        array, what = read_image(image), str(image)
-    elif isinstance(image, Image.Image):
-        try:
-            array, what = reader.pil_to_array(image, DEPLOY_READER), "PIL image"
-        except ImageReadError as error:
-            raise InputImageError(str(error)) from error
-    else:
-        array, what = np.asarray(image), f"array of shape {np.shape(image)}"
-    batch = _to_nchw(_as_float(np.asarray(array), what), what)
-    if batch.shape[0] == 0 or batch.shape[2] == 0 or batch.shape[3] == 0:
-        msg = f"{what} is empty"
-        raise InputImageError(msg)
-    if batch.shape[1] == 1:
-        batch = np.repeat(batch, 3, axis=1)
-    return np.ascontiguousarray(batch, dtype=np.float32)
+    batch, batch_layout = prepare_input(image, layout)
+    if batch.dtype == np.uint8:
+        batch = reader.uint8_to_float(batch)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if batch_layout == "NHWC" else batch)
 
 
 @dataclass
@@ -271,29 +320,67 @@ class SaladInferencer:
             properties["INFERENCE_PRECISION_HINT"] = precision_hint
         self.path = path
         self.input_shape = shape
-        self.compiled_model = core.compile_model(model, device, properties)
         self.device = device
+        self._core, self._model, self._properties = core, model, properties
+        # The graph's own input, (N, 3, H, W) float32; compiled_for() adds the other layouts and uint8.
+        self.compiled_model = core.compile_model(model, device, properties)
+        self._compiled: dict[tuple[str, str], Any] = {("f32", "NCHW"): self.compiled_model}
         # The precision the plugin actually chose, for logs and reports.
         self.precision = precision_name(self.compiled_model.get_property("INFERENCE_PRECISION_HINT"))
 
-    def _check_size(self, batch: np.ndarray) -> None:
+    def compiled_for(self, element_type: Literal["f32", "u8"], layout: BatchLayout) -> Any:
+        """The model compiled for batches of ``element_type`` in ``layout``, compiled once on first use.
+
+        OpenVINO's ``PrePostProcessor`` puts the transposition to ``NCHW`` and the uint8 scaling (``x * (1/255)``
+        in float32, as the reader scales 8-bit files) into the graph, so NumPy does neither.
+
+        Args:
+            element_type: ``"f32"`` (values in ``[0, 1]``) or ``"u8"`` (0-255).
+            layout: ``"NHWC"`` or ``"NCHW"``, with three channels.
+
+        Returns:
+            ov.CompiledModel: What to run (or give an ``AsyncInferQueue``) such batches with.
+        """
+        key = (element_type, layout)
+        if key not in self._compiled:
+            import openvino as ov  # noqa: PLC0415
+            from openvino import opset13  # noqa: PLC0415
+            from openvino.preprocess import PrePostProcessor  # noqa: PLC0415
+
+            processor = PrePostProcessor(self._model.clone())
+            tensor_type = {"f32": ov.Type.f32, "u8": ov.Type.u8}[element_type]
+            processor.input().tensor().set_element_type(tensor_type).set_layout(ov.Layout(layout))
+            processor.input().model().set_layout(ov.Layout("NCHW"))
+            if element_type == "u8":
+                scale = opset13.constant(np.float32(1.0 / 255.0))
+                processor.input().preprocess().convert_element_type(ov.Type.f32).custom(
+                    lambda node: opset13.multiply(node, scale).output(0)
+                )
+            self._compiled[key] = self._core.compile_model(processor.build(), self.device, self._properties)
+        return self._compiled[key]
+
+    def _check_size(self, batch: np.ndarray, layout: BatchLayout) -> None:
         shape = self.input_shape
         for axis, name in ((0, "batch size"), (2, "height"), (3, "width")):
-            if shape.rank.is_static and shape[axis].is_static and shape[axis].get_length() != batch.shape[axis]:
-                msg = f"{self.path} was exported for {name} {shape[axis].get_length()}, got {batch.shape[axis]}"
+            given = batch.shape[layout.index("NCHW"[axis])]
+            if shape.rank.is_static and shape[axis].is_static and shape[axis].get_length() != given:
+                msg = f"{self.path} was exported for {name} {shape[axis].get_length()}, got {given}"
                 raise InputImageError(msg)
 
-    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self._check_size(batch)
-        result = self.compiled_model(batch)
+    def _infer(self, batch: np.ndarray, layout: BatchLayout) -> dict[str, np.ndarray]:
+        self._check_size(batch, layout)
+        element_type = "u8" if batch.dtype == np.uint8 else "f32"
+        result = self.compiled_for(element_type, layout)(batch)
         return {next(iter(output.get_names())): np.asarray(value) for output, value in result.items()}
 
-    def predict(self, images: Any) -> SaladPrediction:
+    def predict(self, images: Any, layout: InputLayout | None = None) -> SaladPrediction:
         """Score one image, a batch array, or a list of images.
 
         Args:
-            images: Anything :func:`to_model_input` takes, or a list / tuple of such single images. List items
-                of one size run as one batch; mixed sizes run one by one (the graph resizes each).
+            images: Anything :func:`prepare_input` takes, or a list / tuple of such single images. List items
+                of one size, type and layout run as one batch; others run one by one (the graph resizes each).
+            layout: The axes of array inputs (``"HW"``, ``"HWC"``, ``"CHW"``, ``"NHWC"``, ``"NCHW"``). Defaults
+                to :func:`prepare_input`'s documented rule.
 
         Returns:
             SaladPrediction: One row per image, in input order.
@@ -302,14 +389,14 @@ class SaladInferencer:
             if not images:
                 msg = "No images to score"
                 raise InputImageError(msg)
-            batches = [to_model_input(image) for image in images]
-            if len({batch.shape[1:] for batch in batches}) == 1:
-                outputs = [self._infer(np.concatenate(batches))]
+            batches = [prepare_input(image, layout) for image in images]
+            if len({(batch.shape[1:], batch.dtype, order) for batch, order in batches}) == 1:
+                outputs = [self._infer(np.concatenate([batch for batch, _ in batches]), batches[0][1])]
             else:
-                outputs = [self._infer(batch) for batch in batches]
+                outputs = [self._infer(batch, order) for batch, order in batches]
             merged = {key: np.concatenate([output[key] for output in outputs]) for key in outputs[0]}
         else:
-            merged = self._infer(to_model_input(images))
+            merged = self._infer(*prepare_input(images, layout))
         anomaly_map = merged["anomaly_map"]
         pred_mask = merged.get("pred_mask")
         return SaladPrediction(

@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from . import reader
-from .deploy import CheckpointError, InputImageError, SaladInferencer, heatmap_overlay, to_model_input
+from .deploy import CheckpointError, InputImageError, SaladInferencer, heatmap_overlay, prepare_input
 from .reader import ImageReadError, ReaderConfig
 
 __all__ = ["main", "parse_shard", "resolve_inputs", "select_shard"]
@@ -332,7 +332,7 @@ class _Scorer:
             for item, image in images:
                 if item in self.state.scored:
                     continue
-                batch = to_model_input(image)
+                batch, _ = prepare_input(image, "HWC")  # the reader's float32 (H, W, 3): the queue's NHWC model
                 with self.lock:
                     self.pending[path] += 1
                 with self.running:
@@ -468,7 +468,7 @@ def _score(
     args: argparse.Namespace, config: ReaderConfig, shard: list[str], state: _State, inferencer: SaladInferencer
 ) -> int:
     todo = [path for path in shard if path not in state.completed and path not in state.failed]
-    compiled = inferencer.compiled_model
+    compiled = inferencer.compiled_for("f32", "NHWC")
     requests = args.requests or max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     readers = args.readers or min(4, os.cpu_count() or 1)
     writers = {

@@ -24,7 +24,7 @@ from anomalib.models import Padim
 from PIL import Image, UnidentifiedImageError
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_salad import Salad, SaladOpenVINO
+from anomalib_salad import Salad, SaladOpenVINO, reader
 from anomalib_salad.benchmark import SaladBenchmarkJob
 from anomalib_salad.deploy import (
     CheckpointError,
@@ -493,6 +493,33 @@ def test_missing_or_wrong_exported_model(exports: dict[str, Path], tmp_path: Pat
     ov.save_model(other, tmp_path / "other.xml")
     with pytest.raises(CheckpointError, match=r"not an anomalib export of SALAD"):
         SaladInferencer(tmp_path / "other.xml")
+
+
+def test_layouts_and_uint8_run_in_the_graph(images: dict[str, list[Path]], torch_model: Salad,
+                                           inferencer: SaladInferencer) -> None:
+    # OpenVINO's PrePostProcessor transposes and scales: NumPy hands batches over as they were read.
+    rgb = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in images["rgb"]])  # (N, H, W, 3) uint8
+    reference = _torch_predict(torch_model, to_model_input(rgb))
+    for batch, layout in ((rgb, "NHWC"), (rgb.transpose(0, 3, 1, 2), "NCHW"), (rgb / np.float32(255), "NHWC")):
+        prediction = inferencer.predict(batch, layout=layout)
+        _assert_parity(prediction.pred_score, prediction.pred_label, prediction.anomaly_map, reference)
+    compiled = inferencer.compiled_for("u8", "NHWC")
+    assert compiled.input(0).get_element_type() == ov.Type.u8
+    assert str(compiled.input(0).get_partial_shape()[3]) == "3"  # channels last at the model's door
+    # uint8 scaled in the graph equals uint8 scaled by the reader's rule, to float32 rounding.
+    as_uint8 = inferencer.predict(rgb[:1]).pred_score
+    as_float = inferencer.predict(to_model_input(rgb[:1])).pred_score
+    np.testing.assert_allclose(as_uint8, as_float, rtol=0, atol=1e-6)
+    # A layout the rule would misread, given explicitly: (3, 3, 3) channels first.
+    cube = np.random.default_rng(0).integers(0, 256, (3, 3, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_model_input(cube, layout="CHW"), reader.uint8_to_float(cube)[None])
+    np.testing.assert_array_equal(to_model_input(cube), reader.uint8_to_float(cube).transpose(2, 0, 1)[None])
+    with pytest.raises(InputImageError, match="layout NHWC needs 4"):
+        inferencer.predict(rgb[0], layout="NHWC")
+    with pytest.raises(InputImageError, match=r"layout CHW gives \d+ channels"):
+        inferencer.predict(rgb[0], layout="CHW")
+    with pytest.raises(InputImageError, match="not one of"):
+        inferencer.predict(rgb, layout="NWHC")
 
 
 @pytest.mark.parametrize(
