@@ -557,14 +557,22 @@ class Salad(AnomalibModule):
             terms["self"] = F.l1_loss(restored, images)
         return terms, samples
 
-    def _discriminator_loss(self, images: Tensor, samples: dict[str, Tensor]) -> Tensor:
-        """Eqs. (1) + (2) on this step's real images and noise and the pre-update generator's samples."""
+    def _discriminator_loss(
+        self, images: Tensor, samples: dict[str, Tensor], logs: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        """Eqs. (1) + (2) on this step's real images and noise and the pre-update generator's samples.
+
+        Each equation's value goes into ``logs`` (``loss_d_image``, ``loss_d_latent``) when given: an LSGAN
+        discriminator whose loss falls towards 0 has won, and the generator gets no useful gradient from it.
+        """
         model = self.model
         with self._autocast():
             on_images = model.image_discriminator(images), model.image_discriminator(samples["fake"])
             on_latents = model.feature_discriminator(samples["noise"]), model.feature_discriminator(samples["latent"])
         image_loss = discriminator_loss(*(verdict.float() for verdict in on_images))
         feature_loss = discriminator_loss(*(verdict.float() for verdict in on_latents))
+        if logs is not None:
+            logs |= {"loss_d_image": image_loss.detach(), "loss_d_latent": feature_loss.detach()}
         return image_loss + feature_loss
 
     def training_step(self, batch: Batch, batch_idx: int) -> STEP_OUTPUT:
@@ -584,11 +592,15 @@ class Salad(AnomalibModule):
             generator_optimizer.step()
         self.center_loss.update_center(self.model.center, samples["latent"])
         logs = {f"loss_{name}": value.detach() for name, value in terms.items()} | {"loss_g": generator_loss.detach()}
+        # Label-free health: a latent spread far below N(0, I)'s 1 is a collapse; a center that keeps moving means
+        # the encoder keeps moving every normal code (docs/results.md, brain MRI).
+        latent = samples["latent"].detach()
+        logs |= {"latent_std": latent.std(dim=0, correction=0).mean(), "center_norm": self.model.center.norm()}
 
         for optimizer in discriminator_optimizer:
             with self.toggled_optimizer(optimizer):
                 detached = {name: value.detach() for name, value in samples.items()}
-                disc_loss = self._discriminator_loss(images, detached)
+                disc_loss = self._discriminator_loss(images, detached, logs)
                 if self._finite(disc_loss, {"d": disc_loss}):
                     optimizer.zero_grad(set_to_none=True)
                     self.manual_backward(disc_loss)

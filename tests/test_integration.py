@@ -41,8 +41,15 @@ def trained(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_fit_logs_every_loss_term(trained: tuple[Engine, Salad, Path]) -> None:
     engine, _, checkpoint = trained
     logged = set(engine.trainer.callback_metrics)
-    for term in ("adv", "str", "fea", "ct", "self", "g", "d"):
+    for term in ("adv", "str", "fea", "ct", "self", "g", "d", "d_image", "d_latent"):
         assert f"loss_{term}_epoch" in logged
+    # Health curves: the per-dimension spread of the batch's latents and the center's norm.
+    metrics = engine.trainer.callback_metrics
+    assert 0 < float(metrics["latent_std_epoch"]) < 10
+    assert float(metrics["center_norm_epoch"]) == pytest.approx(float(trained[1].model.center.norm()), rel=0.5)
+    assert float(metrics["loss_d_epoch"]) == pytest.approx(
+        float(metrics["loss_d_image_epoch"]) + float(metrics["loss_d_latent_epoch"]), rel=1e-4
+    )
     assert checkpoint.is_file()
     assert engine.trainer.current_epoch == 2
 
