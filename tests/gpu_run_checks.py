@@ -1,4 +1,4 @@
-"""Checks of benchmarks/gpu_run.py, run by tests/test_gpu_run.py in a process of their own (see there).
+"""Checks of benchmarks/gpu_run.py, run by tests/test_in_own_process.py in a process of their own (see there).
 
 The smoke run covers every stage the GPU run has (throughput table, big-batch check, the three trainings, the
 three SALAD scores, the JSON and markdown report); a run with a budget spent on the imports alone checks that every
