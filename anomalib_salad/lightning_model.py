@@ -677,8 +677,17 @@ class Salad(AnomalibModule):
             checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the random state when resuming a fit; plain loading leaves the caller's state alone."""
-        super().on_load_checkpoint(checkpoint)
+        """Restore the random state when resuming a fit; plain loading leaves the caller's state alone.
+
+        A checkpoint trained with anomalib's own ``PostProcessor`` (Salad's default before it became
+        :class:`RankPreservingPostProcessor`) keeps its clamp, so that it scores as it did when it was written.
+        """
+        saved_with = set(checkpoint.get("callbacks", {}))  # Lightning keys callback states by class name
+        if isinstance(self.post_processor, RankPreservingPostProcessor):
+            self.post_processor.clamp = (
+                PostProcessor.__name__ in saved_with and type(self.post_processor).__name__ not in saved_with
+            )
+        super().on_load_checkpoint(checkpoint)  # a "clamp" saved with the post-processor's settings has the last word
         self._match_discriminator_depth(checkpoint.get("state_dict", {}))
         states = checkpoint.get(RNG_KEY)
         if states is None or self._trainer is None or self.trainer.state.fn != "fit":

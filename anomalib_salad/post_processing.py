@@ -15,6 +15,7 @@ It reproduces both anomalib's :class:`PostProcessor` and :class:`RankPreservingP
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from anomalib.data import InferenceBatch
@@ -34,17 +35,35 @@ class RankPreservingPostProcessor(PostProcessor):
     used instead: still in (0, 1) (so anomalib's own metrics, which squash batches with scores outside [0, 1]
     through a sigmoid, stay valid), 0.5 at the threshold (so ``pred_label`` is unchanged), and strictly
     increasing, so AUROC and the best-F1 statistics equal those of the raw scores.
+
+    Args:
+        clamp: Use anomalib's clamp after all. Set when a checkpoint written before the squash became Salad's
+            default is loaded, so that it scores as it did (the flag travels in Salad's checkpoints).
+        **kwargs: anomalib's ``PostProcessor`` arguments.
     """
 
-    @staticmethod
+    def __init__(self, clamp: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clamp = clamp
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        """The settings anomalib saves, plus ``clamp`` (its hook for subclasses with more configuration)."""
+        return super().checkpoint_config() | {"clamp": self.clamp}
+
+    def load_checkpoint_config(self, config: dict[str, Any]) -> None:
+        """Restore the settings anomalib saves, and ``clamp`` where the checkpoint has it (older ones do not)."""
+        super().load_checkpoint_config(config)
+        self.clamp = bool(config.get("clamp", self.clamp))
+
     def _normalize(
+        self,
         preds: torch.Tensor | None,
         norm_min: torch.Tensor,
         norm_max: torch.Tensor,
         threshold: torch.Tensor,
     ) -> torch.Tensor | None:
-        if preds is None:
-            return preds
+        if preds is None or self.clamp:
+            return PostProcessor._normalize(preds, norm_min, norm_max, threshold)
         threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
         value_range = norm_max - norm_min
         safe_range = torch.where(value_range == 0, torch.ones_like(value_range), value_range)
@@ -133,7 +152,8 @@ class FittedPostProcessor(nn.Module):
             )
             raise TypeError(msg)
         if post_processor.enable_normalization:
-            fitted = _fitted_normalisation if type(post_processor) is PostProcessor else _fitted_rank_preserving
+            clamps = type(post_processor) is PostProcessor or post_processor.clamp
+            fitted = _fitted_normalisation if clamps else _fitted_rank_preserving
             self.normalise_score = fitted(
                 post_processor.image_min, post_processor.image_max, post_processor.image_threshold
             )

@@ -573,3 +573,14 @@ def test_unreadable_images(tmp_path: Path, inferencer: SaladInferencer, exports:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UnidentifiedImageError, match=r"text\.png"):
         OpenVINOInferencer(exports["openvino"], device="CPU").predict(text)
+
+
+def test_checkpoint_written_before_the_layers_exports_the_same(tmp_path: Path) -> None:
+    # tests/data/README.md: a checkpoint of commit 4862592 and what that code computed.
+    old = Path(__file__).parent / "data" / "salad_tiny_4862592.ckpt"
+    expected = json.loads(old.with_suffix(".json").read_text())
+    xml = export_salad(old, tmp_path, "openvino")
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)).numpy()
+    prediction = SaladInferencer(xml, precision_hint="f32").predict(images, layout="NCHW")
+    np.testing.assert_allclose(prediction.pred_score, expected["pred_score"], atol=1e-5)
+    assert float(prediction.anomaly_map.sum()) == pytest.approx(expected["anomaly_map_sum"], rel=1e-4)

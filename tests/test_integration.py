@@ -1,5 +1,6 @@
 """SALAD through anomalib: Engine fit/validate/test/predict, the anomalib CLI, checkpoint reload, bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from anomalib.data import Folder
 from anomalib.engine import Engine
 
 from anomalib_salad import Salad
+from anomalib_salad.export import load_salad_checkpoint
 
 from .conftest import TINY
 
@@ -199,3 +201,32 @@ def test_wrong_image_size_config_is_named(tiny_scans: Path, tmp_path: Path) -> N
     model = Salad(**TINY, pre_processor=Salad.configure_pre_processor(64))
     with pytest.raises(ValueError, match="built for 32x32 inputs, got 64x64"):
         _engine(tmp_path, epochs=1).fit(model, datamodule=_folder(tiny_scans))
+
+
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "salad_tiny_4862592.ckpt"  # see tests/data/README.md
+
+
+def test_checkpoint_written_before_the_layers_scores_the_same() -> None:
+    expected = json.loads(OLD_CHECKPOINT.with_suffix(".json").read_text())
+    model = load_salad_checkpoint(OLD_CHECKPOINT).eval()
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        output = model(images)
+        for score, values in expected["raw"].items():
+            model.model.score = score
+            raw = model.model(model.pre_processor.export_transform(images)).pred_score.flatten()
+            assert raw.tolist() == pytest.approx(values, abs=1e-6), score
+    assert output.pred_score.flatten().tolist() == pytest.approx(expected["pred_score"], abs=1e-6)
+    assert float(output.anomaly_map.sum()) == pytest.approx(expected["anomaly_map_sum"], rel=1e-5)
+    assert model.post_processor.clamp  # it was trained with anomalib's PostProcessor
+
+
+def test_new_checkpoints_keep_the_rank_preserving_squash(trained: tuple[Engine, Salad, Path], tmp_path: Path) -> None:
+    engine, _, checkpoint = trained
+    assert not load_salad_checkpoint(checkpoint).post_processor.clamp
+    # An old checkpoint saved again (e.g. by a resumed fit) keeps its clamp through the post-processor's settings.
+    old = load_salad_checkpoint(OLD_CHECKPOINT)
+    resaved = tmp_path / "resaved.ckpt"
+    engine.trainer.strategy.connect(old)
+    engine.trainer.save_checkpoint(resaved)
+    assert load_salad_checkpoint(resaved).post_processor.clamp

@@ -44,7 +44,11 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", [PostProcessor, RankPreservingPostProcessor])
+def _clamping(**kwargs: object) -> RankPreservingPostProcessor:
+    return RankPreservingPostProcessor(clamp=True, **kwargs)
+
+
+@pytest.mark.parametrize("kind", [PostProcessor, RankPreservingPostProcessor, _clamping])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_same_outputs_as_the_post_processor(case: dict, kind: type) -> None:
     post_processor = _post_processor(**case, kind=kind)
@@ -87,3 +91,17 @@ def test_context_swaps_and_restores() -> None:
     with pytest.raises(RuntimeError), fitted_post_processing(model):
         raise RuntimeError
     assert model.post_processor is original
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_clamp_is_anomalibs_normalisation_and_travels_in_the_checkpoint_config(case: dict) -> None:
+    # Checkpoints written before the squash became Salad's default keep scoring with anomalib's clamp.
+    clamping, anomalib = _post_processor(**case, kind=_clamping), _post_processor(**case)
+    for field in ("pred_score", "anomaly_map", "pred_label", "pred_mask"):
+        want, got = getattr(anomalib(_predictions()), field), getattr(clamping(_predictions()), field)
+        assert (want is None and got is None) or torch.equal(got, want), field
+    restored = RankPreservingPostProcessor()
+    restored.load_checkpoint_config(clamping.checkpoint_config())
+    assert restored.clamp
+    restored.load_checkpoint_config(anomalib.checkpoint_config())  # no "clamp" key: left as it is
+    assert restored.clamp
