@@ -59,13 +59,27 @@ AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "
 
 
 def _append(path: Path | None, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Append ``rows`` under the file's header; a file whose header lacks some of ``columns`` is rewritten first.
+
+    Models log different columns (GANomaly has one score, SALAD three and health signals), and one file holds them.
+    """
     if path is None or not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    header, old_rows = [], []
+    if path.exists():
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            header, old_rows = list(reader.fieldnames or []), list(reader)
+    if header and not set(columns) <= set(header):
+        header += [column for column in columns if column not in header]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(old_rows)
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        if new:
+        writer = csv.DictWriter(handle, fieldnames=header or columns)
+        if not header:
             writer.writeheader()
         writer.writerows(rows)
 

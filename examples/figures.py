@@ -303,7 +303,7 @@ def figure_curves(curve_csvs: Sequence[Path], out: Path) -> Path:
         present = [(key, label) for key, label in CURVE_SCORES.items() if key in runs and runs[key].notna().any()]
         for index, (name, label) in enumerate(present):
             stats = runs.groupby("epoch")[name].agg(["mean", "min", "max"])
-            ax.plot(stats.index, stats["mean"], color=f"C{index}", lw=1.6, label=label)
+            ax.plot(stats.index, stats["mean"], color=f"C{index}", lw=1.6, marker="o", ms=2.5, label=label)
             if len(seeds) > 1:
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{index}", alpha=0.2)
         ax.axhline(0.5, color="gray", ls="--", lw=0.8)

@@ -33,12 +33,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 PAPER_COLUMNS = [
     "image_AUROC",
-    "image_BestF1Score", "image_BestF1Accuracy", "image_BestF1Sensitivity", "image_BestF1Specificity",
-    "image_F1Score", "image_Accuracy", "image_Sensitivity", "image_Specificity",
+    "image_BestF1Score",
+    "image_BestF1Accuracy",
+    "image_BestF1Sensitivity",
+    "image_BestF1Specificity",
+    "image_F1Score",
+    "image_Accuracy",
+    "image_Sensitivity",
+    "image_Specificity",
 ]
 # anomalib's BenchmarkJob columns, which results.csv keeps.
-ANOMALIB_COLUMNS = ["accelerator", "job_duration", "fit_duration", "test_duration", "seed", "model.class_path",
-                    "data.class_path"]
+ANOMALIB_COLUMNS = [
+    "accelerator",
+    "job_duration",
+    "fit_duration",
+    "test_duration",
+    "seed",
+    "model.class_path",
+    "data.class_path",
+]
 THROUGHPUT_COLUMNS = ["train_images", "train_time", "train_throughput", "test_images", "test_time", "test_throughput"]
 
 
@@ -56,8 +69,15 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     output_dir = cwd / "out"
     # One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process can be ~50x slower.
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "anomalib_salad.benchmark", "--config", str(CONFIGS / "smoke_synthetic.yaml"),
-               "--output_dir", str(output_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "anomalib_salad.benchmark",
+        "--config",
+        str(CONFIGS / "smoke_synthetic.yaml"),
+        "--output_dir",
+        str(output_dir),
+    ]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     return result, output_dir
 
@@ -98,9 +118,13 @@ def test_smoke_scores_match_csv(smoke_run: tuple[subprocess.CompletedProcess, Pa
         scores = pd.read_csv(output_dir / row["scores_file"])
         assert len(scores) == row["test_images"]
         auroc = AUROC(fields=["pred_score", "gt_label"])
-        auroc.update(ImageBatch(image=torch.zeros(len(scores), 3, 4, 4),
-                                pred_score=torch.tensor(scores["pred_score"].to_numpy()),
-                                gt_label=torch.tensor(scores["gt_label"].to_numpy())))
+        auroc.update(
+            ImageBatch(
+                image=torch.zeros(len(scores), 3, 4, 4),
+                pred_score=torch.tensor(scores["pred_score"].to_numpy()),
+                gt_label=torch.tensor(scores["gt_label"].to_numpy()),
+            )
+        )
         assert auroc.compute().item() == pytest.approx(row["image_AUROC"], abs=1e-6)
         accuracy = (scores["pred_label"] == scores["gt_label"]).mean()
         assert accuracy == pytest.approx(row["image_Accuracy"], abs=1e-6)
@@ -131,11 +155,21 @@ def test_models_and_data_build_from_any_class_path_without_touching_anomalibs_al
     before = set(ALLOWED_MODULES)
     for class_path in ("anomalib_salad.Salad", "anomalib_salad.lightning_model.Salad"):
         assert isinstance(build_model({"class_path": class_path, "init_args": TINY_SALAD}), Salad)
-    model = build_model({"class_path": "Ganomaly", "name": "GANomaly", "image_size": 32,
-                         "init_args": {"n_features": 8, "latent_vec_size": 8}})
+    model = build_model(
+        {
+            "class_path": "Ganomaly",
+            "name": "GANomaly",
+            "image_size": 32,
+            "init_args": {"n_features": 8, "latent_vec_size": 8},
+        }
+    )
     assert tuple(model.input_size) == (32, 32)
-    assert type(build_datamodule({"class_path": "Folder", "init_args": {"name": "x", "root": "x",
-                                                                        "normal_dir": "x"}})).__name__ == "Folder"
+    assert (
+        type(
+            build_datamodule({"class_path": "Folder", "init_args": {"name": "x", "root": "x", "normal_dir": "x"}})
+        ).__name__
+        == "Folder"
+    )
     assert set(ALLOWED_MODULES) == before
     # Classes are checked before they are called: nothing but a model (or datamodule) is built from a config.
     with pytest.raises(UnknownModelError, match="not a subclass of AnomalibModule"):
@@ -172,14 +206,16 @@ def test_rank_preserving_post_processor_keeps_labels_and_order() -> None:
 
 
 def test_summarize_by_hand() -> None:
-    results = pd.DataFrame({
-        "accelerator": ["cpu"] * 4,
-        "model.class_path": ["A", "A", "B", "B"],
-        "model.init_args.k": [1, 1, None, None],  # B lacks A's argument
-        "seed": [0, 1, 0, 1],
-        "image_AUROC": [0.5, 0.7, 0.9, 0.9],
-        "run_id": ["a0", "a1", "b0", "b1"],
-    })
+    results = pd.DataFrame(
+        {
+            "accelerator": ["cpu"] * 4,
+            "model.class_path": ["A", "A", "B", "B"],
+            "model.init_args.k": [1, 1, None, None],  # B lacks A's argument
+            "seed": [0, 1, 0, 1],
+            "image_AUROC": [0.5, 0.7, 0.9, 0.9],
+            "run_id": ["a0", "a1", "b0", "b1"],
+        }
+    )
     summary = summarize(results).set_index("model.class_path")
     assert summary.loc["A", "image_AUROC_mean"] == pytest.approx(0.6)
     assert summary.loc["A", "image_AUROC_std"] == pytest.approx(math.sqrt(0.02))  # ((-0.1)^2 + 0.1^2) / (2 - 1)
@@ -226,8 +262,7 @@ def test_threshold_is_fitted_without_validation_in_fit(tmp_path: Path, smoke_con
 
 @pytest.mark.parametrize(
     ("name", "jobs"),
-    [("smoke_synthetic.yaml", 4), ("braintumor.yaml", 9), ("pneumoniamnist.yaml", 9),
-     ("ablation_braintumor.yaml", 27)],
+    [("smoke_synthetic.yaml", 4), ("braintumor.yaml", 9), ("pneumoniamnist.yaml", 9), ("ablation_braintumor.yaml", 27)],
 )
 def test_config_grids_build(name: str, jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every distinct model and datamodule of each shipped config can be built (nothing is trained)."""
@@ -251,8 +286,14 @@ def test_config_grids_build(name: str, jobs: int, tmp_path: Path, monkeypatch: p
 
 def test_ablation_grid_covers_tables_three_to_five() -> None:
     grid = load_config("ablation_braintumor.yaml")["benchmark"]["model"]["grid"]
-    defaults = {"structure_loss": "ssim", "latent_loss": "center", "center_weight": 10.0, "restoration_weight": 10.0,
-                "restoration_shared_layers": 0, "score": "feature"}
+    defaults = {
+        "structure_loss": "ssim",
+        "latent_loss": "center",
+        "center_weight": 10.0,
+        "restoration_weight": 10.0,
+        "restoration_shared_layers": 0,
+        "score": "feature",
+    }
     variants = {tuple(sorted({**defaults, **entry["init_args"]}.items())) for entry in grid}
     assert len(variants) == len(grid) == 9
 
@@ -286,9 +327,19 @@ def test_curve_figure_averages_seeds_per_epoch(tmp_path: Path, monkeypatch: pyte
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
     rows = [
-        {"model": model, "seed": seed, "epoch": epoch, "auroc_feature": 0.5 + 0.1 * seed + 0.01 * epoch,
-         "auroc_image": 0.4, "auroc_center": 0.6, "latent_std": 0.01, "center_norm": 1.0}
-        for model in ("salad", "autoencoder") for seed in (0, 1) for epoch in (10, 20)
+        {
+            "model": model,
+            "seed": seed,
+            "epoch": epoch,
+            "auroc_feature": 0.5 + 0.1 * seed + 0.01 * epoch,
+            "auroc_image": 0.4,
+            "auroc_center": 0.6,
+            "latent_std": 0.01,
+            "center_norm": 1.0,
+        }
+        for model in ("salad", "autoencoder")
+        for seed in (0, 1)
+        for epoch in (10, 20)
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "curves.csv", index=False)
     drawn = {}
@@ -299,3 +350,21 @@ def test_curve_figure_averages_seeds_per_epoch(tmp_path: Path, monkeypatch: pyte
     feature = fig.axes[0].lines[0]
     assert list(feature.get_xdata()) == [10, 20]
     assert list(feature.get_ydata()) == pytest.approx([0.65, 0.75])  # seeds 0 and 1 averaged
+
+
+def test_protocol_rows_of_different_models_share_one_file(tmp_path: Path) -> None:
+    # paper_protocol.py appends GANomaly's one score and SALAD's three to one curve file: no value may shift column.
+    spec = importlib.util.spec_from_file_location(
+        "paper_protocol", Path(__file__).parents[1] / "benchmarks" / "paper_protocol.py"
+    )
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+    path = tmp_path / "curves.csv"
+    protocol._append(path, [{"model": "salad", "epoch": 10, "auroc_feature": 0.7}], ["model", "epoch", "auroc_feature"])
+    protocol._append(path, [{"model": "ganomaly", "epoch": 10, "auroc_score": 0.2}], ["model", "epoch", "auroc_score"])
+    protocol._append(path, [{"model": "salad", "epoch": 20, "auroc_feature": 0.8}], ["model", "epoch", "auroc_feature"])
+    rows = pd.read_csv(path)
+    assert list(rows.columns) == ["model", "epoch", "auroc_feature", "auroc_score"]
+    assert rows["auroc_feature"].tolist()[::2] == [0.7, 0.8]
+    assert rows.loc[1, "auroc_score"] == 0.2
+    assert pd.isna(rows.loc[1, "auroc_feature"])
