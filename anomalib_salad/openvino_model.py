@@ -45,7 +45,7 @@ class _ExportedGraph(nn.Module):
         self.inferencer = inferencer
 
     def forward(self, images: Tensor) -> InferenceBatch:
-        prediction = self.inferencer.predict(images.detach().float().cpu().numpy())
+        prediction = self.inferencer.predict(images.detach().float().cpu().numpy(), layout="NCHW")  # anomalib batches
         size = images.shape[-2:]
         anomaly_map = F.interpolate(torch.from_numpy(prediction.anomaly_map)[:, None], size=size, mode="bilinear")
         mask = None
