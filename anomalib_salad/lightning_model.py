@@ -158,6 +158,9 @@ class Salad(AnomalibModule):
         channels_last: Train in the channels-last memory format. Defaults to ``False``.
         compile_networks: ``torch.compile`` the networks for the fit (compilation takes a minute or more at the
             start; the checkpoint and export are unchanged). Defaults to ``False``.
+        antialias: Resize with antialiasing in the default pre-processor (training, validation and the torch
+            paths). anomalib exports resizes without it, so an exported model sees the same pixels only for
+            inputs already at ``image_size``; see :meth:`configure_pre_processor`. Defaults to ``False``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -202,13 +205,14 @@ class Salad(AnomalibModule):
         train_precision: Literal["auto", "32", "bf16"] = "auto",
         channels_last: bool = False,
         compile_networks: bool = False,
+        antialias: bool = False,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size)
+            pre_processor = self.configure_pre_processor(image_size, antialias=antialias)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -263,7 +267,9 @@ class Salad(AnomalibModule):
         self.automatic_optimization = False
 
     @classmethod
-    def configure_pre_processor(cls, image_size: int | tuple[int, int] | None = None) -> PreProcessor:
+    def configure_pre_processor(
+        cls, image_size: int | tuple[int, int] | None = None, antialias: bool = False
+    ) -> PreProcessor:
         """Bicubic resize to ``image_size`` and scaling of [0, 1] to [-1, 1], as in the paper.
 
         Only ``Resize``, ``Normalize`` and ``Compose`` are used, so anomalib stores the transform in the
@@ -274,6 +280,8 @@ class Salad(AnomalibModule):
 
         Args:
             image_size: Side (or ``(height, width)``) of the network input. Defaults to ``256``.
+            antialias: Antialias the resize (for research: inputs much larger than ``image_size`` alias less;
+                the exported graph still resizes without it). Defaults to ``False``.
 
         Returns:
             PreProcessor: The pre-processor.
@@ -283,7 +291,7 @@ class Salad(AnomalibModule):
         return PreProcessor(
             transform=Compose(
                 [
-                    Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=False),
+                    Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=antialias),
                     Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),
                 ]
             ),

@@ -8,7 +8,8 @@ interrupted run keeps what it measured):
 * ``--curve-csv``: every ``--every`` epochs, the test AUROC of each SALAD score (A_F, A_I, A_C; GANomaly: its own
   score) on the test split (images decoded once), plus, for SALAD, label-free health signals: the spread of the
   latent codes, the distance of the center from the origin and the mean latent-to-center distance of normal
-  training images;
+  training images, and the model's own structure loss L_str on held-out normal images (the validation split's
+  normal ones), the signal of the label-free checkpoint rule in ``protocol_tables.py``;
 * ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
   specificity at the best-F1 threshold), train images/s, and the command (the columns of ``docs/results/``).
 
@@ -90,6 +91,7 @@ class ScoreCurves(Callback):
     def __init__(self, datamodule: Folder, every: int, path: Path | None, tags: dict[str, Any]) -> None:
         self.datamodule, self.every, self.path, self.tags = datamodule, every, path, tags
         self.test: CachedImages | None = None
+        self.val_normal: torch.Tensor | None = None
         self.rows: list[dict[str, Any]] = []
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -105,7 +107,8 @@ class ScoreCurves(Callback):
         scores, target = score_test_split(pl_module, loader)
         row: dict[str, Any] = {**self.tags, "epoch": epoch}
         row |= {f"auroc_{name}": round(float(binary_auroc(values, target)), 4) for name, values in scores.items()}
-        row |= self._health(pl_module) if isinstance(pl_module, Salad) else {}
+        if isinstance(pl_module, Salad):
+            row |= self._health(pl_module) | self._heldout_structure(pl_module)
         pl_module.train(was_training)
         self.rows.append(row)
         _append(self.path, [row], list(row))
@@ -127,6 +130,26 @@ class ScoreCurves(Callback):
             "center_norm": round(float(center.norm()), 4),
             "normal_to_center": round(float((latent - center).abs().mean()), 4),
         }
+
+    @torch.no_grad()
+    def _heldout_structure(self, pl_module: Salad) -> dict[str, float]:
+        """The model's L_str (SSIM or L1, as trained) on the validation split's normal images, which it never fits.
+
+        Only normal images are used, as a user holding out some of their normal scans would; no anomaly label.
+        """
+        if self.val_normal is None:
+            val = self.datamodule.val_data  # the model's ImageCache has usually cached it already
+            if not isinstance(val, CachedImages):
+                val = CachedImages(val, _resize_of(pl_module), pl_module.device, "validation")
+            normal = (val.labels == 0).nonzero().flatten().tolist() if val.labels is not None else []
+            self.val_normal = val.__getitems__(normal).image if normal else torch.zeros(0)
+        if not len(self.val_normal):
+            return {}
+        model, total = pl_module.model, 0.0
+        for chunk in self.val_normal.split(128):
+            images = model.to_network_input(pl_module.pre_processor.transform(chunk))
+            total += float(pl_module.structure_loss(images, model.decoder(model.encoder(images)))) * len(chunk)
+        return {"heldout_normal_str": round(total / len(self.val_normal), 5)}
 
 
 @torch.no_grad()

@@ -6,7 +6,9 @@ AUROC of every score every few epochs) and prints:
 * per model and score: AUROC mean +- std over seeds with each seed's value, the other four paper metrics (means),
   and training images/s (mean);
 * per model: the curve, test AUROC of each score at each logged epoch, mean over seeds (min-max when seeds > 1),
-  with the label-free health signals of SALAD runs.
+  with the label-free health signals of SALAD runs;
+* the label-free checkpoint rule, for runs that logged it: the logged epoch whose structure loss on held-out
+  normal images is lowest, and the test AUROC there beside the last epoch's (the paper's protocol).
 
 Usage:
     python benchmarks/protocol_tables.py --csv docs/results/braintumor_64px.csv \
@@ -68,6 +70,26 @@ def curve_table(curves: pd.DataFrame, model: str) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_table(curves: pd.DataFrame) -> str:
+    """Per run: test AUROC at the last logged epoch and at the epoch the label-free rule picks.
+
+    The rule uses no anomaly label: among the logged epochs, the one with the lowest ``heldout_normal_str`` (the
+    model's own L_str on held-out normal images). Runs without that column are left out.
+    """
+    if "heldout_normal_str" not in curves:
+        return ""
+    scores = {key: name for key, name in CURVE_COLUMNS.items() if key in curves and curves[key].notna().any()}
+    header = ["model", "seed", "last epoch", *scores.values(), "picked epoch", *scores.values()]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for (model, seed), run in curves.dropna(subset=["heldout_normal_str"]).groupby(["model", "seed"], sort=False):
+        last, picked = run.loc[run["epoch"].idxmax()], run.loc[run["heldout_normal_str"].idxmin()]
+        cells = [model, str(seed)]
+        for row in (last, picked):
+            cells += [str(int(row["epoch"])), *(f"{row[key]:.3f}" for key in scores)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Print the tables."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +102,9 @@ def main() -> None:
         for model in dict.fromkeys(curves["model"]):
             print(f"\n{model}:\n")
             print(curve_table(curves, model))
+        rule = checkpoint_table(curves)
+        if rule:
+            print(f"\nlabel-free checkpoint (lowest held-out normal L_str):\n\n{rule}")
 
 
 if __name__ == "__main__":

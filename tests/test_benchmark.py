@@ -27,6 +27,8 @@ from anomalib_salad.benchmark import (
 from anomalib_salad.metrics import AUROC
 from anomalib_salad.post_processing import RankPreservingPostProcessor
 
+from .conftest import TINY
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "benchmark"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -368,3 +370,73 @@ def test_protocol_rows_of_different_models_share_one_file(tmp_path: Path) -> Non
     assert rows["auroc_feature"].tolist()[::2] == [0.7, 0.8]
     assert rows.loc[1, "auroc_score"] == 0.2
     assert pd.isna(rows.loc[1, "auroc_feature"])
+
+
+def _load_benchmark_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])  # the validation split cached by the model, or not
+def test_paper_protocol_end_to_end_with_label_free_rule(
+    cache: str, tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = {
+        "model": {"init_args": {**TINY, "feature_disc_hidden": list(TINY["feature_disc_hidden"])}},
+        "data": {
+            "init_args": {
+                "name": "tiny",
+                "root": str(tiny_scans),
+                "normal_dir": "train/normal",
+                "abnormal_dir": "test/abnormal",
+                "normal_test_dir": "test/normal",
+                "train_batch_size": 16,
+                "eval_batch_size": 16,
+                "num_workers": 0,
+                "val_split_mode": "from_test",
+                "val_split_ratio": 0.5,
+                "seed": 0,
+            }
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    protocol, tables = _load_benchmark_script("paper_protocol"), _load_benchmark_script("protocol_tables")
+    argv = ["paper_protocol.py", "--config", str(tmp_path / "config.yaml"), "--epochs", "2", "--every", "1"]
+    argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
+    argv += ["--work-dir", str(tmp_path / "work"), "--set", "antialias=true", f"cache_images={cache}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    protocol.main()
+
+    rows, curves = pd.read_csv(tmp_path / "rows.csv"), pd.read_csv(tmp_path / "curves.csv")
+    assert rows["score"].tolist() == ["feature", "image", "center"]
+    assert rows["model"].unique().tolist() == [f"salad antialias=true cache_images={cache}"]
+    assert curves["epoch"].tolist() == [1, 2]
+    # L_str is 1 - SSIM of held-out normal images: finite, positive, and measured on images the model never fit.
+    assert curves["heldout_normal_str"].between(1e-4, 2).all()
+    table = tables.checkpoint_table(curves)
+    picked = int(curves.loc[curves["heldout_normal_str"].idxmin(), "epoch"])
+    assert table.splitlines()[2].startswith(f"| salad antialias=true cache_images={cache} | 0 | 2 |")
+    assert f"| {picked} |" in table.splitlines()[2]
+
+
+def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
+    tables = _load_benchmark_script("protocol_tables")
+    curves = pd.DataFrame(
+        {
+            "model": ["salad"] * 3 + ["ganomaly"],
+            "seed": [0, 0, 0, 0],
+            "epoch": [10, 20, 30, 10],
+            "auroc_feature": [0.6, 0.8, 0.5, None],
+            "heldout_normal_str": [0.3, 0.1, 0.2, None],
+        }
+    )
+    lines = tables.checkpoint_table(curves).splitlines()
+    assert lines[0] == "| model | seed | last epoch | A_F | picked epoch | A_F |"
+    assert lines[2:] == ["| salad | 0 | 30 | 0.500 | 20 | 0.800 |"]  # GANomaly logs no held-out loss: left out
+    assert tables.checkpoint_table(curves.drop(columns="heldout_normal_str")) == ""
