@@ -440,3 +440,16 @@ def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
     assert lines[0] == "| model | seed | last epoch | A_F | picked epoch | A_F |"
     assert lines[2:] == ["| salad | 0 | 30 | 0.500 | 20 | 0.800 |"]  # GANomaly logs no held-out loss: left out
     assert tables.checkpoint_table(curves.drop(columns="heldout_normal_str")) == ""
+
+
+def test_profile_step_names_each_network_and_loss() -> None:
+    profile_step = _load_benchmark_script("profile_step")
+    model = Salad(**TINY)
+    profile_step.instrument(model)
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.profiler.profile() as profiler:
+        latent = model.model.encoder(images)
+        model.structure_loss(images, model.model.decoder(latent))
+        model.model.encoder(model.model.decoder(latent))
+    counts = {event.key: event.count for event in profiler.key_averages() if event.key.startswith("salad.")}
+    assert counts == {"salad.forward encoder": 2, "salad.forward decoder": 2, "salad.structure_loss": 1}
