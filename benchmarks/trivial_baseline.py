@@ -11,9 +11,16 @@ resize a 64 px SALAD applies, with:
 
 It prints the test AUROC of each and writes machine-readable rows (the columns of ``docs/results/``) to a CSV.
 
+With ``--scores``, it also says how much of a learned model's AUROC the mean intensity explains: for each score
+file (``rescore.py --scores-out``: ``image_path, gt_label, pred_score``) the Spearman correlation of the score with
+the image's mean intensity (all images, and within each class), and the *intensity-matched* AUROC: normal and
+abnormal images are compared only within the same decile of mean intensity (the decile AUROCs weighted by their
+number of normal-abnormal pairs), so a score that only reads brightness falls to about 0.5 there.
+
 Usage:
     python benchmarks/trivial_baseline.py --root ../shared/data/braintumor --image-size 64 \
         --csv docs/results/trivial_baseline.csv
+    python benchmarks/trivial_baseline.py --scores "SALAD A_F=runs/scores/salad_0/feature.csv" ...
 """
 
 import argparse
@@ -47,6 +54,54 @@ def _histograms(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.histc(row, bins=BINS, min=0, max=1) for row in flat]) / flat.shape[1]
 
 
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    return values.argsort().argsort().double()
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (ties broken by order; the scores here are continuous)."""
+    return float(torch.corrcoef(torch.stack([_ranks(a), _ranks(b)]))[0, 1])
+
+
+def matched_auroc(score: torch.Tensor, labels: torch.Tensor, covariate: torch.Tensor, bins: int = 10) -> float:
+    """AUROC over normal-abnormal pairs that share a quantile bin of ``covariate``, pooled by pair count."""
+    edges = torch.quantile(covariate.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+    strata = torch.bucketize(covariate.double(), edges)
+    total, pairs = 0.0, 0
+    for stratum in strata.unique():
+        inside = strata == stratum
+        positives, negatives = int(labels[inside].sum()), int((1 - labels[inside]).sum())
+        if positives and negatives:
+            total += float(binary_auroc(score[inside], labels[inside])) * positives * negatives
+            pairs += positives * negatives
+    return total / pairs if pairs else float("nan")
+
+
+def shortcut_table(files: list[str], intensity: dict[str, float]) -> str:
+    """How much of each learned score's AUROC the mean intensity explains (see the module docstring)."""
+    lines = [
+        "| score | AUROC | intensity-matched AUROC | Spearman with mean intensity: all / normal / abnormal |",
+        "| --- | --- | --- | --- |",
+    ]
+    for item in files:
+        name, path = item.split("=", 1)
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if str(Path(row["image_path"]).resolve()) in intensity]
+        if not rows:
+            msg = f"{path}: none of its image paths is a test image of this dataset"
+            raise SystemExit(msg)
+        score = torch.tensor([float(row["pred_score"]) for row in rows], dtype=torch.float64)
+        labels = torch.tensor([int(row["gt_label"]) for row in rows])
+        mean = torch.tensor([intensity[str(Path(row["image_path"]).resolve())] for row in rows], dtype=torch.float64)
+        within = [spearman(score[labels == k], mean[labels == k]) for k in (0, 1)]
+        lines.append(
+            f"| {name} ({len(rows)} images) | {float(binary_auroc(score, labels)):.3f} | "
+            f"{matched_auroc(score, labels, mean):.3f} | {spearman(score, mean):+.2f} / {within[0]:+.2f} / "
+            f"{within[1]:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Score the test set with each trivial statistic and print/write the AUROCs."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,6 +109,7 @@ def main() -> None:
     parser.add_argument("--name", default="braintumor")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--csv", type=Path)
+    parser.add_argument("--scores", nargs="*", default=[], metavar="NAME=CSV", help="learned scores to check")
     args = parser.parse_args()
 
     datamodule = Folder(
@@ -102,6 +158,12 @@ def main() -> None:
                 "command": command,
             }
         )
+    if args.scores:
+        paths = [str(Path(path).resolve()) for path in datamodule.test_data.samples["image_path"]]
+        mean = test.flatten(1).mean(dim=1)
+        rows_mean = dict(zip(paths, mean.tolist(), strict=True))
+        print(f"\n{shortcut_table(args.scores, rows_mean)}")
+        print(f"(mean intensity itself: intensity-matched AUROC {matched_auroc(mean, labels, mean):.3f})")
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         new = not args.csv.exists()
