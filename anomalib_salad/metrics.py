@@ -16,6 +16,9 @@ This module provides two families of threshold-dependent metrics, all usable in 
 :class:`AUROC` replaces anomalib's, which is wrong when some batches hold scores outside [0, 1] (torchmetrics
 then applies a sigmoid to those batches only). None of these metrics transforms the scores.
 
+:func:`matched_auroc` and :func:`spearman` say how much of a score a nuisance variable explains (on the brain MRI
+split, normal and tumour slices differ in mean intensity because they come from different collections).
+
 The positive class is the anomalous one (``gt_label == 1``): sensitivity is the recall of anomalies,
 specificity the recall of normal images.
 
@@ -35,6 +38,7 @@ from anomalib.metrics import AnomalibMetric, BinaryPrecisionRecallCurve, F1Score
 from anomalib.metrics.auroc import _AUROC
 from torch import Tensor
 from torchmetrics.classification import BinaryAccuracy, BinaryRecall, BinarySpecificity
+from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.functional.classification.precision_recall_curve import (
     _binary_clf_curve,
     _binary_precision_recall_curve_update,
@@ -53,8 +57,56 @@ __all__ = [
     "Sensitivity",
     "Specificity",
     "best_f1_statistics",
+    "matched_auroc",
     "paper_metrics",
+    "spearman",
 ]
+
+
+def _ranks(values: Tensor) -> Tensor:
+    return values.argsort().argsort().double()
+
+
+def spearman(first: Tensor, second: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (ties broken by order; meant for continuous scores)."""
+    return float(torch.corrcoef(torch.stack([_ranks(first), _ranks(second)]))[0, 1])
+
+
+def matched_auroc(preds: Tensor, target: Tensor, covariate: Tensor, bins: int = 10) -> float:
+    """AUROC over the normal-abnormal pairs that share a quantile bin of ``covariate``, pooled by pair count.
+
+    A score that only reads the covariate (e.g. the mean intensity) falls to about 0.5; one that sees the anomaly
+    itself keeps its AUROC. Bins holding one class only contribute no pairs.
+
+    Args:
+        preds: Scores, higher meaning more anomalous.
+        target: Labels, 1 for anomalous.
+        covariate: The nuisance variable, one value per image.
+        bins: Number of quantile bins. Defaults to ``10``.
+
+    Returns:
+        float: The matched AUROC, or NaN when no bin holds both classes.
+
+    Example:
+        >>> import torch
+        >>> from torchmetrics.functional.classification import binary_auroc
+        >>> brightness = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.8, 0.8, 0.8, 0.8])
+        >>> target = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0])  # darker images are more often abnormal
+        >>> float(binary_auroc(-brightness, target)), matched_auroc(-brightness, target, brightness, bins=2)
+        (0.75, 0.5)
+    """
+    covariate = covariate.double()
+    edges = torch.quantile(covariate, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+    strata = torch.bucketize(covariate, edges)
+    total, pairs = 0.0, 0
+    for stratum in strata.unique():
+        inside = strata == stratum
+        positives = int(target[inside].sum())
+        negatives = int(inside.sum()) - positives
+        if positives and negatives:
+            total += float(binary_auroc(preds[inside], target[inside])) * positives * negatives
+            pairs += positives * negatives
+    return total / pairs if pairs else float("nan")
 
 
 def best_f1_statistics(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
@@ -128,8 +180,7 @@ class _RawScoreAUROC(_AUROC):
             preds: Anomaly scores, any real values.
             target: Ground-truth labels, 1 = anomalous.
         """
-        state = _binary_precision_recall_curve_update(preds.flatten().float(), target.flatten().long(),
-                                                      self.thresholds)
+        state = _binary_precision_recall_curve_update(preds.flatten().float(), target.flatten().long(), self.thresholds)
         if isinstance(state, Tensor):
             self.confmat += state
         else:

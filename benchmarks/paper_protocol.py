@@ -5,13 +5,16 @@ same networks with only L_str, Table III's baseline) or anomalib's GANomaly (its
 size and batch size) for ``--epochs`` epochs with one seed, and writes, as they come (appended and flushed, so an
 interrupted run keeps what it measured):
 
-* ``--curve-csv``: every ``--every`` epochs, the test AUROC of each SALAD score (A_F, A_I, A_C; GANomaly: its own
-  score) on the test split (images decoded once), plus, for SALAD, label-free health signals: the spread of the
-  latent codes, the distance of the center from the origin and the mean latent-to-center distance of normal
-  training images, and the model's own structure loss L_str on held-out normal images (the validation split's
-  normal ones), the signal of the label-free checkpoint rule in ``protocol_tables.py``;
+* ``--curve-csv``: every ``--every`` epochs, the test AUROC of each score (SALAD: A_F, A_I, A_C; GANomaly: its
+  own) on the test split (images decoded once) and its intensity-matched AUROC (``matched_*``: normal and abnormal
+  images compared only within a decile of mean intensity, :func:`anomalib_salad.metrics.matched_auroc`); for SALAD
+  also label-free health signals (the spread of the latent codes, the distance of the center from the origin, the
+  mean latent-to-center distance of normal training images) and the model's own structure loss L_str on held-out
+  normal images (the validation split's normal ones), the signal of the label-free checkpoint rule in
+  ``protocol_tables.py``;
 * ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
-  specificity at the best-F1 threshold), train images/s, and the command (the columns of ``docs/results/``).
+  specificity at the best-F1 threshold), train images/s, the command (the columns of ``docs/results/``) and the
+  intensity-matched AUROC.
 
 Usage:
     python benchmarks/paper_protocol.py --model salad --seed 0 --epochs 200 \
@@ -35,7 +38,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
 from anomalib_salad.cache import CachedImages, _resize_of
-from anomalib_salad.metrics import best_f1_statistics
+from anomalib_salad.metrics import best_f1_statistics, matched_auroc
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rescore import SCORES, raw_scores
@@ -55,6 +58,7 @@ COLUMNS = [
     "specificity",
     "train_images_per_s",
     "command",
+    "auroc_intensity_matched",
 ]
 AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
 
@@ -107,6 +111,10 @@ class ScoreCurves(Callback):
         scores, target = score_test_split(pl_module, loader)
         row: dict[str, Any] = {**self.tags, "epoch": epoch}
         row |= {f"auroc_{name}": round(float(binary_auroc(values, target)), 4) for name, values in scores.items()}
+        intensity = mean_intensity(self.test)
+        row |= {
+            f"matched_{name}": round(matched_auroc(values, target, intensity), 4) for name, values in scores.items()
+        }
         if isinstance(pl_module, Salad):
             row |= self._health(pl_module) | self._heldout_structure(pl_module)
         pl_module.train(was_training)
@@ -150,6 +158,11 @@ class ScoreCurves(Callback):
             images = model.to_network_input(pl_module.pre_processor.transform(chunk))
             total += float(pl_module.structure_loss(images, model.decoder(model.encoder(images)))) * len(chunk)
         return {"heldout_normal_str": round(total / len(self.val_normal), 5)}
+
+
+def mean_intensity(images: CachedImages) -> torch.Tensor:
+    """Each cached image's mean intensity in [0, 1], the covariate of the intensity-matched AUROC."""
+    return images.images.float().mean(dim=(1, 2, 3)).cpu()
 
 
 @torch.no_grad()
@@ -220,6 +233,7 @@ def main() -> None:
     test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")
     loader = torch.utils.data.DataLoader(test, batch_size=128, collate_fn=test.collate_fn)
     scores, target = score_test_split(model, loader)
+    intensity = mean_intensity(test)
     command = "python " + " ".join(sys.argv)
     rows = []
     for score, values in scores.items():
@@ -233,6 +247,7 @@ def main() -> None:
                 **{key: round(float(stats[key]), 4) for key in ("f1", "accuracy", "sensitivity", "specificity")},
                 "train_images_per_s": round(images_per_s, 1),
                 "command": command,
+                "auroc_intensity_matched": round(matched_auroc(values, target, intensity), 4),
             }
         )
         print(f"{name} seed {args.seed} {score}: AUROC {rows[-1]['auroc']}", flush=True)

@@ -4,9 +4,9 @@ Reads a result CSV (one row per model, seed and score after the last epoch) and 
 AUROC of every score every few epochs) and prints:
 
 * per model and score: AUROC mean +- std over seeds with each seed's value, the other four paper metrics (means),
-  and training images/s (mean);
-* per model: the curve, test AUROC of each score at each logged epoch, mean over seeds (min-max when seeds > 1),
-  with the label-free health signals of SALAD runs;
+  training images/s (mean) and the intensity-matched AUROC where the run logged it;
+* per model: the curve, test AUROC (and intensity-matched AUROC) of each score at each logged epoch, mean over
+  seeds (min-max when seeds > 1), with the label-free health signals of SALAD runs;
 * the label-free checkpoint rule, for runs that logged it: the logged epoch whose structure loss on held-out
   normal images is lowest, and the test AUROC there beside the last epoch's (the paper's protocol).
 
@@ -22,6 +22,7 @@ import pandas as pd
 
 SCORE_NAMES = {"feature": "A_F", "image": "A_I", "center": "A_C", "score": "its score"}
 CURVE_COLUMNS = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A_C", "auroc_score": "score"}
+MATCHED_COLUMNS = {f"matched_{key[6:]}": f"{name} matched" for key, name in CURVE_COLUMNS.items()}
 HEALTH_COLUMNS = {"latent_std": "latent std", "center_norm": "center norm", "normal_to_center": "normal-to-center"}
 
 
@@ -33,20 +34,25 @@ def _spread(values: pd.Series) -> str:
 
 
 def summary_table(results: pd.DataFrame) -> str:
-    """One line per model and score: AUROC over seeds, the other paper metrics and the speed."""
+    """One line per model and score: AUROC over seeds, the other paper metrics, the speed, the matched AUROC."""
     lines = [
-        "| model | score | seeds | AUROC mean ± std | per seed | F1 | ACC | SEN | SPE | train img/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | score | seeds | AUROC mean ± std | per seed | F1 | ACC | SEN | SPE | train img/s | "
+        "intensity-matched AUROC |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if "auroc_intensity_matched" not in results:
+        results = results.assign(auroc_intensity_matched=float("nan"))
     for (model, score), group in results.groupby(["model", "score"], sort=False):
         rows = group.sort_values("seed")
         per_seed = " / ".join(f"{value:.3f}" for value in rows["auroc"])
         metrics = " | ".join(f"{rows[name].mean():.3f}" for name in ("f1", "accuracy", "sensitivity", "specificity"))
         speed = rows["train_images_per_s"].dropna()
         speed_text = f"{speed.mean():.1f}" if len(speed) else ""
+        matched = rows["auroc_intensity_matched"].dropna()
+        matched_text = _spread(matched) if len(matched) else ""
         lines.append(
             f"| {model} | {SCORE_NAMES.get(score, score)} | {', '.join(map(str, rows['seed']))} | "
-            f"{_spread(rows['auroc'])} | {per_seed} | {metrics} | {speed_text} |"
+            f"{_spread(rows['auroc'])} | {per_seed} | {metrics} | {speed_text} | {matched_text} |"
         )
     return "\n".join(lines)
 
@@ -54,7 +60,8 @@ def summary_table(results: pd.DataFrame) -> str:
 def curve_table(curves: pd.DataFrame, model: str) -> str:
     """Test AUROC of each score per logged epoch for one model (mean over seeds, [min, max] with several)."""
     runs = curves[curves["model"] == model]
-    scores = {key: name for key, name in CURVE_COLUMNS.items() if key in runs and runs[key].notna().any()}
+    columns = CURVE_COLUMNS | MATCHED_COLUMNS
+    scores = {key: name for key, name in columns.items() if key in runs and runs[key].notna().any()}
     health = {key: name for key, name in HEALTH_COLUMNS.items() if key in runs and runs[key].notna().any()}
     seeds = runs["seed"].nunique()
     header = ["epoch", "seeds", *scores.values(), *health.values()]

@@ -34,7 +34,7 @@ from anomalib.data import Folder
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.metrics import best_f1_statistics
+from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
 
 BINS = 32
 
@@ -52,29 +52,6 @@ def _images(dataset: object, resize: torch.nn.Module) -> tuple[torch.Tensor, tor
 def _histograms(images: torch.Tensor) -> torch.Tensor:
     flat = images.clamp(0, 1).flatten(1)
     return torch.stack([torch.histc(row, bins=BINS, min=0, max=1) for row in flat]) / flat.shape[1]
-
-
-def _ranks(values: torch.Tensor) -> torch.Tensor:
-    return values.argsort().argsort().double()
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation (ties broken by order; the scores here are continuous)."""
-    return float(torch.corrcoef(torch.stack([_ranks(a), _ranks(b)]))[0, 1])
-
-
-def matched_auroc(score: torch.Tensor, labels: torch.Tensor, covariate: torch.Tensor, bins: int = 10) -> float:
-    """AUROC over normal-abnormal pairs that share a quantile bin of ``covariate``, pooled by pair count."""
-    edges = torch.quantile(covariate.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
-    strata = torch.bucketize(covariate.double(), edges)
-    total, pairs = 0.0, 0
-    for stratum in strata.unique():
-        inside = strata == stratum
-        positives, negatives = int(labels[inside].sum()), int((1 - labels[inside]).sum())
-        if positives and negatives:
-            total += float(binary_auroc(score[inside], labels[inside])) * positives * negatives
-            pairs += positives * negatives
-    return total / pairs if pairs else float("nan")
 
 
 def shortcut_table(files: list[str], intensity: dict[str, float]) -> str:

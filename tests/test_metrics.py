@@ -4,6 +4,7 @@ import pytest
 import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import Evaluator
+from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad.metrics import (
     AUROC,
@@ -15,7 +16,9 @@ from anomalib_salad.metrics import (
     Sensitivity,
     Specificity,
     best_f1_statistics,
+    matched_auroc,
     paper_metrics,
+    spearman,
 )
 
 # Six images, three anomalous (label 1). Sorted by score, highest first:
@@ -112,8 +115,12 @@ def test_single_class_does_not_crash() -> None:
 
 @pytest.mark.parametrize(
     ("metric_class", "key"),
-    [(BestF1Score, "f1"), (BestF1Accuracy, "accuracy"), (BestF1Sensitivity, "sensitivity"),
-     (BestF1Specificity, "specificity")],
+    [
+        (BestF1Score, "f1"),
+        (BestF1Accuracy, "accuracy"),
+        (BestF1Sensitivity, "sensitivity"),
+        (BestF1Specificity, "specificity"),
+    ],
 )
 def test_best_f1_metrics_accumulate_batches(metric_class: type, key: str) -> None:
     metric = metric_class(fields=["pred_score", "gt_label"], prefix="image_")
@@ -146,8 +153,14 @@ def test_paper_metrics_in_an_evaluator() -> None:
     names = [metric.name for metric in evaluator.test_metrics]
     assert names == [
         "image_AUROC",
-        "image_BestF1Score", "image_BestF1Accuracy", "image_BestF1Sensitivity", "image_BestF1Specificity",
-        "image_F1Score", "image_Accuracy", "image_Sensitivity", "image_Specificity",
+        "image_BestF1Score",
+        "image_BestF1Accuracy",
+        "image_BestF1Sensitivity",
+        "image_BestF1Specificity",
+        "image_F1Score",
+        "image_Accuracy",
+        "image_Sensitivity",
+        "image_Specificity",
     ]
     pred_label = SCORES > 0.5
     for metric in metrics:
@@ -167,3 +180,15 @@ def test_paper_metrics_custom_fields_and_prefix() -> None:
     assert metrics[0].name == "val_AUROC"
     assert list(metrics[1].fields) == ["anomaly_score", "gt_label"]
     assert list(metrics[-1].fields) == ["pred_label", "gt_label"]
+
+
+def test_intensity_matched_auroc_removes_a_brightness_shortcut() -> None:
+    generator = torch.Generator().manual_seed(0)
+    brightness = torch.rand(2000, generator=generator, dtype=torch.float64)
+    labels = (torch.rand(2000, generator=generator, dtype=torch.float64) < 1 - brightness).long()  # darker: abnormal
+    lesion = labels + 0.5 * torch.randn(2000, generator=generator, dtype=torch.float64)  # sees the anomaly itself
+    reads_brightness = -brightness
+    assert float(binary_auroc(reads_brightness, labels)) > 0.75
+    assert matched_auroc(reads_brightness, labels, brightness) == pytest.approx(0.5, abs=0.06)
+    assert matched_auroc(lesion, labels, brightness) == pytest.approx(float(binary_auroc(lesion, labels)), abs=0.03)
+    assert spearman(reads_brightness, brightness) == pytest.approx(-1.0)
