@@ -20,7 +20,7 @@ number of normal-abnormal pairs), so a score that only reads brightness falls to
 Usage:
     python benchmarks/trivial_baseline.py --root ../shared/data/braintumor --image-size 64 \
         --csv docs/results/trivial_baseline.csv
-    python benchmarks/trivial_baseline.py --scores "SALAD A_F=runs/scores/salad_0/feature.csv" ...
+    python benchmarks/trivial_baseline.py --scores "SALAD A_F=runs/scores/salad_0/feature.csv" ... [--test-half]
 """
 
 import argparse
@@ -86,6 +86,11 @@ def main() -> None:
     parser.add_argument("--name", default="braintumor")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--csv", type=Path)
+    parser.add_argument(
+        "--test-half",
+        action="store_true",
+        help="only the test half that paper_protocol.py scores (anomalib's from_test split, seed 0)",
+    )
     parser.add_argument("--scores", nargs="*", default=[], metavar="NAME=CSV", help="learned scores to check")
     args = parser.parse_args()
 
@@ -96,7 +101,8 @@ def main() -> None:
         abnormal_dir="test/abnormal",
         normal_test_dir="test/normal",
         test_split_mode="from_dir",
-        val_split_mode="none",
+        val_split_mode="from_test" if args.test_half else "none",
+        val_split_ratio=0.5,
         seed=0,
     )
     datamodule.setup()
@@ -128,7 +134,7 @@ def main() -> None:
                 "image_size": args.image_size,
                 "epochs": 0,
                 "seed": "",
-                "score": name,
+                "score": name + (" (test half)" if args.test_half else ""),
                 "auroc": round(auroc, 4),
                 **{key: round(stats.get(key, np.nan), 4) for key in ("f1", "accuracy", "sensitivity", "specificity")},
                 "train_images_per_s": "",
