@@ -320,6 +320,8 @@ class SaladInferencer:
             properties["INFERENCE_PRECISION_HINT"] = precision_hint
         self.path = path
         self.input_shape = shape
+        #: (height, width) that inputs are resized to first, with the training filter (see :meth:`fit_to_graph`).
+        self.antialias_size = _antialias_size(model)
         self.device = device
         self._core, self._model, self._properties = core, model, properties
         # The graph's own input, (N, 3, H, W) float32; compiled_for() adds the other layouts and uint8.
@@ -367,7 +369,32 @@ class SaladInferencer:
                 msg = f"{self.path} was exported for {name} {shape[axis].get_length()}, got {given}"
                 raise InputImageError(msg)
 
+    def fit_to_graph(self, batch: np.ndarray, layout: BatchLayout) -> tuple[np.ndarray, BatchLayout]:
+        """The batch as the graph should get it: unchanged, except for a model trained with an antialiased resize.
+
+        anomalib exports every resize without antialiasing. A model trained with ``Salad(antialias=True)`` is
+        exported with its input size in the graph's metadata, and its inputs of another size are resized here, by
+        :func:`~anomalib_salad.reader.antialiased_resize` (torchvision's antialiased bicubic to float32 rounding),
+        so that the graph's own resize leaves them unchanged and the model sees its training pixels.
+
+        Args:
+            batch: uint8 or float32 ``(N, H, W, 3)`` / ``(N, 3, H, W)`` batch.
+            layout: ``"NHWC"`` or ``"NCHW"``.
+
+        Returns:
+            tuple[np.ndarray, str]: The batch and its layout (float32 ``NHWC`` when it was resized).
+        """
+        size = self.antialias_size
+        height = layout.index("H")
+        if size is None or batch.shape[height : height + 2] == size:
+            return batch, layout
+        images = batch.transpose(0, 2, 3, 1) if layout == "NCHW" else batch
+        if images.dtype == np.uint8:
+            images = reader.uint8_to_float(images)
+        return np.stack([reader.antialiased_resize(image, size) for image in images]), "NHWC"
+
     def _infer(self, batch: np.ndarray, layout: BatchLayout) -> dict[str, np.ndarray]:
+        batch, layout = self.fit_to_graph(batch, layout)
         self._check_size(batch, layout)
         element_type = "u8" if batch.dtype == np.uint8 else "f32"
         result = self.compiled_for(element_type, layout)(batch)
@@ -405,6 +432,15 @@ class SaladInferencer:
             anomaly_map=anomaly_map.reshape(anomaly_map.shape[0], *anomaly_map.shape[-2:]).astype(np.float32),
             pred_mask=None if pred_mask is None else pred_mask.reshape(pred_mask.shape[0], *pred_mask.shape[-2:]) != 0,
         )
+
+
+def _antialias_size(model: Any) -> tuple[int, int] | None:
+    """The ``(height, width)`` an export of a model trained with an antialiased resize names, else ``None``."""
+    key = ["framework", reader.ANTIALIAS_METADATA_KEY]
+    if not model.has_rt_info(key):
+        return None
+    height, width = (int(side) for side in model.get_rt_info(key).astype(str).split(","))
+    return height, width
 
 
 def _jet(values: np.ndarray) -> np.ndarray:

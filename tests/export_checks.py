@@ -5,11 +5,13 @@ would run them after training. Parity tests pin ``INFERENCE_PRECISION_HINT=f32``
 on CPUs with AVX512-BF16 or AMX is bf16, which moves normalised scores by ~5e-2.
 """
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning
 import numpy as np
@@ -24,7 +26,7 @@ from anomalib.models import Padim
 from PIL import Image, UnidentifiedImageError
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_salad import Salad, SaladOpenVINO, reader
+from anomalib_salad import Salad, SaladOpenVINO, reader, score
 from anomalib_salad.benchmark import SaladBenchmarkJob
 from anomalib_salad.deploy import (
     CheckpointError,
@@ -584,3 +586,64 @@ def test_checkpoint_written_before_the_layers_exports_the_same(tmp_path: Path) -
     prediction = SaladInferencer(xml, precision_hint="f32").predict(images, layout="NCHW")
     np.testing.assert_allclose(prediction.pred_score, expected["pred_score"], atol=1e-5)
     assert float(prediction.anomaly_map.sum()) == pytest.approx(expected["anomaly_map_sum"], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A model trained with an antialiased resize: the deployment resizes with the training filter before the graph
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def antialiased(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny ``Salad(antialias=True)`` trained for one epoch, its ONNX and IR exports, and 96x80 scans."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("antialiased")
+    engine = Engine(max_epochs=1, default_root_dir=root, logger=False, enable_progress_bar=False)
+    model = Salad(**TINY, antialias=True)
+    engine.fit(model, datamodule=_folder(tiny_scans))
+    model.eval()
+    onnx_kwargs = {"opset_version": 18}
+    paths = {
+        kind: engine.export(model=model, export_type=kind, export_root=root / kind.value, onnx_kwargs=onnx_kwargs)
+        for kind in (ExportType.ONNX, ExportType.OPENVINO)
+    }
+    large = root / "large"
+    large.mkdir()
+    for index, path in enumerate(sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:3]):
+        Image.open(path).resize((80, 96), Image.Resampling.BICUBIC).save(large / f"scan_{index}.png")
+    return {"model": model, "onnx": paths[ExportType.ONNX], "openvino": paths[ExportType.OPENVINO], "large": large}
+
+
+def test_antialiased_model_names_its_size_in_the_export(antialiased: dict[str, Any], exports: dict[str, Path]) -> None:
+    metadata = {entry.key: entry.value for entry in onnx.load(antialiased["onnx"]).metadata_props}
+    assert metadata[reader.ANTIALIAS_METADATA_KEY] == "32,32"
+    for kind in ("onnx", "openvino"):
+        assert SaladInferencer(antialiased[kind]).antialias_size == (32, 32)
+    assert SaladInferencer(exports["openvino"]).antialias_size is None  # the default model resizes in the graph
+
+
+def test_antialiased_model_deploys_with_its_training_pixels(antialiased: dict[str, Any], tmp_path: Path) -> None:
+    files = sorted(antialiased["large"].glob("*.png"))
+    batch = to_model_input(np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files]))  # 96x80
+    # What validation sees: the pre-processor's own (antialiased) resize, then the model. (The module's forward
+    # applies anomalib's export transform, which has no antialiasing, like the graph.)
+    resize = antialiased["model"].pre_processor.transform.transforms[0]
+    assert resize.antialias
+    reference = _torch_predict(antialiased["model"], resize(torch.from_numpy(batch)).numpy())
+    inferencer = SaladInferencer(antialiased["openvino"], precision_hint="f32")
+    for images, layout in ((batch, "NCHW"), ((batch * 255).round().astype(np.uint8).transpose(0, 2, 3, 1), "NHWC")):
+        prediction = inferencer.predict(images, layout=layout)
+        atol = ATOL if images.dtype == np.float32 else 1e-3  # uint8 rounding of the input
+        np.testing.assert_allclose(prediction.pred_score, reference["pred_score"], rtol=RTOL, atol=atol)
+    by_path = inferencer.predict([str(path) for path in files])
+    np.testing.assert_allclose(by_path.pred_score, reference["pred_score"], rtol=RTOL, atol=ATOL)
+    # Without the resize in front, the graph's plain bicubic sees other pixels: the check above can fail.
+    plain = inferencer.compiled_for("f32", "NCHW")(batch)
+    plain_scores = np.asarray(plain[inferencer.compiled_model.output("pred_score")]).reshape(-1)
+    assert np.abs(plain_scores - reference["pred_score"]).max() > 100 * ATOL
+    # salad-score reads the same files and resizes the same way.
+    assert score.main(["--model", str(antialiased["openvino"]), "--input", str(antialiased["large"]),
+                       "--output", str(tmp_path / "scored"), "--no-progress"]) == 0
+    with (tmp_path / "scored" / "scores.csv").open() as handle:
+        scored = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
+    np.testing.assert_allclose([scored[path.name] for path in files], reference["pred_score"], rtol=RTOL, atol=ATOL)
