@@ -290,7 +290,10 @@ CURVE_SCORES = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A
 
 
 def figure_curves(curve_csvs: Sequence[Path], out: Path) -> Path:
-    """Test AUROC per score against epoch for each model (mean over seeds, min-max band), health signals below."""
+    """Test AUROC per score against epoch for each model (mean over seeds, min-max band), health signals below.
+
+    Where a run logged the intensity-matched AUROC (``matched_*``), its mean is drawn dotted in the score's colour.
+    """
     frame = pd.concat([pd.read_csv(path) for path in curve_csvs], ignore_index=True)
     models = list(dict.fromkeys(frame["model"]))
     health = [column for column in ("latent_std", "center_norm") if column in frame]
@@ -306,6 +309,10 @@ def figure_curves(curve_csvs: Sequence[Path], out: Path) -> Path:
             ax.plot(stats.index, stats["mean"], color=f"C{index}", lw=1.6, marker="o", ms=2.5, label=label)
             if len(seeds) > 1:
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=f"C{index}", alpha=0.2)
+            matched = name.replace("auroc_", "matched_")
+            if matched in runs and runs[matched].notna().any():
+                mean = runs.groupby("epoch")[matched].mean()
+                ax.plot(mean.index, mean, color=f"C{index}", lw=1.0, ls=":", label=f"{label}, intensity-matched")
         ax.axhline(0.5, color="gray", ls="--", lw=0.8)
         ax.set_ylim(0, 1)
         ax.set_title(f"{model} (seeds {', '.join(map(str, seeds))})", fontsize=8)
