@@ -321,7 +321,17 @@ class SaladInferencer:
         self.path = path
         self.input_shape = shape
         #: (height, width) that inputs are resized to first, with the training filter (see :meth:`fit_to_graph`).
-        self.antialias_size = _antialias_size(model)
+        self.antialias_size = _antialias_size(model, path)
+        fixed = [
+            shape[axis].get_length() if shape.rank.is_static and shape[axis].is_static else None for axis in (2, 3)
+        ]
+        if self.antialias_size is not None and None not in fixed and tuple(fixed) != self.antialias_size:
+            msg = (
+                f"{path} was exported for a fixed input of {fixed[0]}x{fixed[1]}, but its model resizes to "
+                f"{self.antialias_size[0]}x{self.antialias_size[1]} with antialiasing first; export it without "
+                "input_size (or with the model's image size)"
+            )
+            raise CheckpointError(msg)
         self.device = device
         self._core, self._model, self._properties = core, model, properties
         # The graph's own input, (N, 3, H, W) float32; compiled_for() adds the other layouts and uint8.
@@ -374,7 +384,8 @@ class SaladInferencer:
 
         anomalib exports every resize without antialiasing. A model trained with ``Salad(antialias=True)`` is
         exported with its input size in the graph's metadata, and its inputs of another size are resized here, by
-        :func:`~anomalib_salad.reader.antialiased_resize` (torchvision's antialiased bicubic to float32 rounding),
+        :func:`~anomalib_salad.reader.antialiased_resize` (Pillow's antialiased bicubic, which equals the
+        torchvision resize of training to float32 rounding),
         so that the graph's own resize leaves them unchanged and the model sees its training pixels.
 
         Args:
@@ -434,12 +445,17 @@ class SaladInferencer:
         )
 
 
-def _antialias_size(model: Any) -> tuple[int, int] | None:
+def _antialias_size(model: Any, path: Path) -> tuple[int, int] | None:
     """The ``(height, width)`` an export of a model trained with an antialiased resize names, else ``None``."""
     key = ["framework", reader.ANTIALIAS_METADATA_KEY]
     if not model.has_rt_info(key):
         return None
-    height, width = (int(side) for side in model.get_rt_info(key).astype(str).split(","))
+    value = model.get_rt_info(key).astype(str)
+    try:
+        height, width = (int(side) for side in value.split(","))
+    except ValueError:
+        msg = f"{path}: metadata {reader.ANTIALIAS_METADATA_KEY}={value!r} is not 'height,width'"
+        raise CheckpointError(msg) from None
     return height, width
 
 

@@ -408,7 +408,13 @@ class Salad(AnomalibModule):
         """
         import onnx  # noqa: PLC0415  (anomalib's ONNX export needs it already)
 
-        height, width = (resize.size * 2)[:2] if len(resize.size) == 1 else resize.size
+        if resize.size is None or len(resize.size) != 2:
+            msg = (
+                f"Salad export: an antialiased Resize needs an explicit (height, width) for the deployment to resize "
+                f"to, got size={resize.size}; use Salad(image_size=..., antialias=True) or Resize((h, w), ...)"
+            )
+            raise ValueError(msg)
+        height, width = resize.size
         proto = onnx.load(path, load_external_data=False)
         entry = proto.metadata_props.add()
         entry.key, entry.value = ANTIALIAS_METADATA_KEY, f"{height},{width}"

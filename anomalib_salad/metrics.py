@@ -64,19 +64,23 @@ __all__ = [
 
 
 def _ranks(values: Tensor) -> Tensor:
-    return values.argsort().argsort().double()
+    """1-based ranks of a 1-D tensor, tied values sharing their average rank."""
+    _, inverse, counts = values.unique(sorted=True, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()
+    return (last - (counts.double() - 1) / 2)[inverse]
 
 
 def spearman(first: Tensor, second: Tensor) -> float:
-    """Spearman rank correlation of two 1-D tensors (ties broken by order; meant for continuous scores)."""
+    """Spearman rank correlation of two 1-D tensors (Pearson correlation of their average ranks)."""
     return float(torch.corrcoef(torch.stack([_ranks(first), _ranks(second)]))[0, 1])
 
 
 def matched_auroc(preds: Tensor, target: Tensor, covariate: Tensor, bins: int = 10) -> float:
     """AUROC over the normal-abnormal pairs that share a quantile bin of ``covariate``, pooled by pair count.
 
-    A score that only reads the covariate (e.g. the mean intensity) falls to about 0.5; one that sees the anomaly
-    itself keeps its AUROC. Bins holding one class only contribute no pairs.
+    A score that only reads the covariate (e.g. the mean intensity) falls towards 0.5 (not all the way where the
+    classes differ in the covariate within a bin too); one that sees the anomaly itself keeps its AUROC. Bins
+    holding one class only contribute no pairs.
 
     Args:
         preds: Scores, higher meaning more anomalous.
@@ -95,6 +99,7 @@ def matched_auroc(preds: Tensor, target: Tensor, covariate: Tensor, bins: int = 
         >>> float(binary_auroc(-brightness, target)), matched_auroc(-brightness, target, brightness, bins=2)
         (0.75, 0.5)
     """
+    preds = _ranks(preds) / len(preds)  # in (0, 1]: binary_auroc would squash raw scores through a sigmoid
     covariate = covariate.double()
     edges = torch.quantile(covariate, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
     strata = torch.bucketize(covariate, edges)

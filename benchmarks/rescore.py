@@ -38,7 +38,7 @@ def raw_scores(model: Salad, dataloader: Iterable[Batch], scores: Iterable[str])
     values: dict[str, list[Tensor]] = {name: [] for name in scores}
     labels = []
     for batch in dataloader:
-        images = model.pre_processor.export_transform(batch.image)
+        images = model.pre_processor.transform(batch.image)  # as validation sees them (an antialiased resize too)
         for name, collected in values.items():
             model.model.score = name
             collected.append(model.model(images).pred_score)

@@ -614,12 +614,18 @@ def antialiased(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"model": model, "onnx": paths[ExportType.ONNX], "openvino": paths[ExportType.OPENVINO], "large": large}
 
 
-def test_antialiased_model_names_its_size_in_the_export(antialiased: dict[str, Any], exports: dict[str, Path]) -> None:
+def test_antialiased_model_names_its_size_in_the_export(
+    antialiased: dict[str, Any], exports: dict[str, Path], tmp_path: Path
+) -> None:
     metadata = {entry.key: entry.value for entry in onnx.load(antialiased["onnx"]).metadata_props}
     assert metadata[reader.ANTIALIAS_METADATA_KEY] == "32,32"
     for kind in ("onnx", "openvino"):
         assert SaladInferencer(antialiased[kind]).antialias_size == (32, 32)
     assert SaladInferencer(exports["openvino"]).antialias_size is None  # the default model resizes in the graph
+    # A graph fixed at another input size cannot get the training pixels: refused, with what to do.
+    fixed = antialiased["model"].to_openvino(tmp_path, input_size=(48, 48), onnx_kwargs={"opset_version": 18})
+    with pytest.raises(CheckpointError, match="fixed input of 48x48, but its model resizes to 32x32"):
+        SaladInferencer(fixed)
 
 
 def test_antialiased_model_deploys_with_its_training_pixels(antialiased: dict[str, Any], tmp_path: Path) -> None:

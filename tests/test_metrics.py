@@ -192,3 +192,8 @@ def test_intensity_matched_auroc_removes_a_brightness_shortcut() -> None:
     assert matched_auroc(reads_brightness, labels, brightness) == pytest.approx(0.5, abs=0.06)
     assert matched_auroc(lesion, labels, brightness) == pytest.approx(float(binary_auroc(lesion, labels)), abs=0.03)
     assert spearman(reads_brightness, brightness) == pytest.approx(-1.0)
+    # Ties share their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3).
+    assert spearman(torch.tensor([5.0, 5.0, 9.0]), torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(0.75**0.5)
+    # Raw scores far above 1 keep their order (binary_auroc alone would squash them through a sigmoid into ties).
+    big = 100 + 10 * lesion
+    assert matched_auroc(big, labels, brightness) == pytest.approx(matched_auroc(lesion, labels, brightness))
