@@ -85,10 +85,11 @@ def checkpoint_table(curves: pd.DataFrame) -> str:
     """
     if "heldout_normal_str" not in curves:
         return ""
-    scores = {key: name for key, name in CURVE_COLUMNS.items() if key in curves and curves[key].notna().any()}
+    logged = curves.dropna(subset=["heldout_normal_str"])
+    scores = {key: name for key, name in CURVE_COLUMNS.items() if key in logged and logged[key].notna().any()}
     header = ["model", "seed", "last epoch", *scores.values(), "picked epoch", *scores.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for (model, seed), run in curves.dropna(subset=["heldout_normal_str"]).groupby(["model", "seed"], sort=False):
+    for (model, seed), run in logged.groupby(["model", "seed"], sort=False):
         last, picked = run.loc[run["epoch"].idxmax()], run.loc[run["heldout_normal_str"].idxmin()]
         cells = [model, str(seed)]
         for row in (last, picked):
