@@ -11,7 +11,15 @@ Example:
 from importlib import import_module
 from typing import Any
 
-__all__ = ["MedicalFolder", "ReaderConfig", "Salad", "SaladModel", "SaladOpenVINO", "SyntheticScans"]
+__all__ = [
+    "MedicalFolder",
+    "ReaderConfig",
+    "Salad",
+    "SaladModel",
+    "SaladOpenVINO",
+    "SaladPreProcessor",
+    "SyntheticScans",
+]
 __version__ = "0.1.0"
 
 _HOMES = {
@@ -20,6 +28,7 @@ _HOMES = {
     "Salad": ".lightning_model",
     "SaladModel": ".torch_model",
     "SaladOpenVINO": ".openvino_model",
+    "SaladPreProcessor": ".pre_processing",
     "SyntheticScans": ".data",
 }
 

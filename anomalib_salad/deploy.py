@@ -320,18 +320,6 @@ class SaladInferencer:
             properties["INFERENCE_PRECISION_HINT"] = precision_hint
         self.path = path
         self.input_shape = shape
-        #: (height, width) that inputs are resized to first, with the training filter (see :meth:`fit_to_graph`).
-        self.antialias_size = _antialias_size(model, path)
-        fixed = [
-            shape[axis].get_length() if shape.rank.is_static and shape[axis].is_static else None for axis in (2, 3)
-        ]
-        if self.antialias_size is not None and None not in fixed and tuple(fixed) != self.antialias_size:
-            msg = (
-                f"{path} was exported for a fixed input of {fixed[0]}x{fixed[1]}, but its model resizes to "
-                f"{self.antialias_size[0]}x{self.antialias_size[1]} with antialiasing first; export it without "
-                "input_size (or with the model's image size)"
-            )
-            raise CheckpointError(msg)
         self.device = device
         self._core, self._model, self._properties = core, model, properties
         # The graph's own input, (N, 3, H, W) float32; compiled_for() adds the other layouts and uint8.
@@ -379,33 +367,7 @@ class SaladInferencer:
                 msg = f"{self.path} was exported for {name} {shape[axis].get_length()}, got {given}"
                 raise InputImageError(msg)
 
-    def fit_to_graph(self, batch: np.ndarray, layout: BatchLayout) -> tuple[np.ndarray, BatchLayout]:
-        """The batch as the graph should get it: unchanged, except for a model trained with an antialiased resize.
-
-        anomalib exports every resize without antialiasing. A model trained with ``Salad(antialias=True)`` is
-        exported with its input size in the graph's metadata, and its inputs of another size are resized here, by
-        :func:`~anomalib_salad.reader.antialiased_resize` (Pillow's antialiased bicubic, which equals the
-        torchvision resize of training to float32 rounding),
-        so that the graph's own resize leaves them unchanged and the model sees its training pixels.
-
-        Args:
-            batch: uint8 or float32 ``(N, H, W, 3)`` / ``(N, 3, H, W)`` batch.
-            layout: ``"NHWC"`` or ``"NCHW"``.
-
-        Returns:
-            tuple[np.ndarray, str]: The batch and its layout (float32 ``NHWC`` when it was resized).
-        """
-        size = self.antialias_size
-        height = layout.index("H")
-        if size is None or batch.shape[height : height + 2] == size:
-            return batch, layout
-        images = batch.transpose(0, 2, 3, 1) if layout == "NCHW" else batch
-        if images.dtype == np.uint8:
-            images = reader.uint8_to_float(images)
-        return np.stack([reader.antialiased_resize(image, size) for image in images]), "NHWC"
-
     def _infer(self, batch: np.ndarray, layout: BatchLayout) -> dict[str, np.ndarray]:
-        batch, layout = self.fit_to_graph(batch, layout)
         self._check_size(batch, layout)
         element_type = "u8" if batch.dtype == np.uint8 else "f32"
         result = self.compiled_for(element_type, layout)(batch)
@@ -443,20 +405,6 @@ class SaladInferencer:
             anomaly_map=anomaly_map.reshape(anomaly_map.shape[0], *anomaly_map.shape[-2:]).astype(np.float32),
             pred_mask=None if pred_mask is None else pred_mask.reshape(pred_mask.shape[0], *pred_mask.shape[-2:]) != 0,
         )
-
-
-def _antialias_size(model: Any, path: Path) -> tuple[int, int] | None:
-    """The ``(height, width)`` an export of a model trained with an antialiased resize names, else ``None``."""
-    key = ["framework", reader.ANTIALIAS_METADATA_KEY]
-    if not model.has_rt_info(key):
-        return None
-    value = model.get_rt_info(key).astype(str)
-    try:
-        height, width = (int(side) for side in value.split(","))
-    except ValueError:
-        msg = f"{path}: metadata {reader.ANTIALIAS_METADATA_KEY}={value!r} is not 'height,width'"
-        raise CheckpointError(msg) from None
-    return height, width
 
 
 def _jet(values: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from .cache import ImageCache, _resize_of
+from .cache import ImageCache
 from .checkpoint import read_salad_checkpoint
 from .hardware import native_bf16
 from .image_io import ImageFileCheck, ReaderVisualizer
@@ -51,8 +51,8 @@ from .loss import (
 )
 from .metrics import AUROC, paper_metrics
 from .post_processing import RankPreservingPostProcessor, fitted_post_processing
+from .pre_processing import SaladPreProcessor, antialiased_export
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
-from .reader import ANTIALIAS_METADATA_KEY
 from .torch_model import NonFiniteInputError, PatchDiscriminator, SaladModel, ScoreType, phase_decomposed
 
 if TYPE_CHECKING:
@@ -159,12 +159,13 @@ class Salad(AnomalibModule):
         channels_last: Train in the channels-last memory format. Defaults to ``False``.
         compile_networks: ``torch.compile`` the networks for the fit (compilation takes a minute or more at the
             start; the checkpoint and export are unchanged). Defaults to ``False``.
-        antialias: Resize with antialiasing in the default pre-processor: inputs much larger than ``image_size``
-            (e.g. 256 px scans for a 64 px model) alias less. With the image cache the resize runs once per image.
-            anomalib exports resizes without it, so the export names the size in the graph's metadata and
-            :class:`~anomalib_salad.deploy.SaladInferencer`, ``salad-score`` and
-            :class:`~anomalib_salad.SaladOpenVINO` resize with the same filter first (anomalib's
-            ``OpenVINOInferencer`` needs inputs already at ``image_size``). Defaults to ``False``.
+        antialias: Resize with antialiasing in the default pre-processor (torchvision's default), so inputs much
+            larger than ``image_size`` (e.g. 256 px scans for a 64 px model) do not alias fine texture into noise;
+            it raised brain MRI AUROC at 64 px (docs/results.md). With the image cache it runs once per image; the
+            export computes the same resize in the graph
+            (:class:`~anomalib_salad.pre_processing.AntialiasedResize`), so every deployment sees the training
+            pixels. ``False``: plain bicubic, the earlier default (checkpoints keep the resize they were trained
+            with). Defaults to ``True``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -209,7 +210,7 @@ class Salad(AnomalibModule):
         train_precision: Literal["auto", "32", "bf16"] = "auto",
         channels_last: bool = False,
         compile_networks: bool = False,
-        antialias: bool = False,
+        antialias: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -272,26 +273,25 @@ class Salad(AnomalibModule):
 
     @classmethod
     def configure_pre_processor(
-        cls, image_size: int | tuple[int, int] | None = None, antialias: bool = False
+        cls, image_size: int | tuple[int, int] | None = None, antialias: bool = True
     ) -> PreProcessor:
         """Bicubic resize to ``image_size`` and scaling of [0, 1] to [-1, 1], as in the paper.
 
         Only ``Resize``, ``Normalize`` and ``Compose`` are used, so anomalib stores the transform in the
-        checkpoint and an export from a reloaded checkpoint still resizes and scales. Antialiasing is off by default
-        because anomalib exports every resize without it (and OpenVINO 2026.4 computes an antialiased ONNX resize
-        wrongly); with it on, SALAD's own deployment resizes inputs with the training filter before the graph.
+        checkpoint and an export from a reloaded checkpoint still resizes and scales. anomalib would export the
+        resize without antialiasing; :class:`~anomalib_salad.pre_processing.SaladPreProcessor` exports an
+        antialiased one as the same matrix products in the graph.
 
         Args:
             image_size: Side (or ``(height, width)``) of the network input. Defaults to ``256``.
-            antialias: Antialias the resize (see ``Salad(antialias=...)``: the exported graph still resizes
-                without it, and SALAD's deployment resizes with it first). Defaults to ``False``.
+            antialias: Antialias the resize (see ``Salad(antialias=...)``). Defaults to ``True``.
 
         Returns:
             PreProcessor: The pre-processor.
         """
         size = image_size or 256
         size = (size, size) if isinstance(size, int) else tuple(size)
-        return PreProcessor(
+        return SaladPreProcessor(
             transform=Compose(
                 [
                     Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=antialias),
@@ -381,8 +381,9 @@ class Salad(AnomalibModule):
         :class:`~anomalib_salad.torch_model.PhaseConvTranspose2d`: the same outputs (to ~1e-7), but ordinary
         convolutions, which OpenVINO quantises and runs in int8 on every CPU. anomalib's post-processor is
         exported as :class:`~anomalib_salad.post_processing.FittedPostProcessor`: the same outputs, without
-        the normalisation cases that its fitted statistics rule out. A model trained with an antialiased resize
-        names its input size in the file's metadata (:meth:`_name_antialias_size`). The model is unchanged afterwards.
+        the normalisation cases that its fitted statistics rule out. An antialiased resize stays antialiased
+        (:func:`~anomalib_salad.pre_processing.antialiased_export`; anomalib would drop it). The model is unchanged
+        afterwards.
 
         Args:
             *args: Passed to :meth:`anomalib.models.components.base.export_mixin.ExportMixin.to_onnx`.
@@ -391,43 +392,8 @@ class Salad(AnomalibModule):
         Returns:
             Path: The ONNX file.
         """
-        with phase_decomposed(self.model.decoder), fitted_post_processing(self):
-            path = Path(super().to_onnx(*args, **kwargs))
-        resize = _resize_of(self)
-        if resize is not None and resize.antialias:
-            self._name_antialias_size(path, resize)
-        return path
-
-    @staticmethod
-    def _name_antialias_size(path: Path, resize: Resize) -> None:
-        """Write the training size of an antialiased resize into the ONNX file, for the deployment to resize first.
-
-        anomalib exports every resize without antialiasing; :class:`~anomalib_salad.deploy.SaladInferencer`,
-        ``salad-score`` and :class:`~anomalib_salad.SaladOpenVINO` read this entry (OpenVINO carries it into the
-        IR) and resize inputs of another size with the training filter first, so the graph's resize is a no-op.
-        """
-        import onnx  # noqa: PLC0415  (anomalib's ONNX export needs it already)
-
-        if resize.size is None or len(resize.size) != 2:
-            msg = (
-                f"Salad export: an antialiased Resize needs an explicit (height, width) for the deployment to resize "
-                f"to, got size={resize.size}; use Salad(image_size=..., antialias=True) or Resize((h, w), ...)"
-            )
-            raise ValueError(msg)
-        height, width = resize.size
-        proto = onnx.load(path, load_external_data=False)
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = ANTIALIAS_METADATA_KEY, f"{height},{width}"
-        onnx.save(proto, path)
-        logger.warning(
-            "Salad(antialias=True): the exported graph resizes without antialiasing. SaladInferencer, salad-score "
-            "and SaladOpenVINO resize inputs to %dx%d with the training filter first; anomalib's OpenVINOInferencer "
-            "does not, so give it images already at %dx%d.",
-            height,
-            width,
-            height,
-            width,
-        )
+        with phase_decomposed(self.model.decoder), fitted_post_processing(self), antialiased_export(self.pre_processor):
+            return Path(super().to_onnx(*args, **kwargs))
 
     @staticmethod
     def _post_training_quantization_ov(model: "ov.Model", datamodule: AnomalibDataModule | None = None) -> "ov.Model":

@@ -59,7 +59,6 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "ANTIALIAS_METADATA_KEY",
     "DICOM_SUFFIXES",
     "IMAGE_SUFFIXES",
     "NIFTI_SUFFIXES",
@@ -68,7 +67,6 @@ __all__ = [
     "ImageReadError",
     "ImageRef",
     "ReaderConfig",
-    "antialiased_resize",
     "check_bit_depth",
     "clear_cache",
     "decode_reason",
@@ -102,9 +100,6 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
 
 # Pillow modes holding more than 8 bits per grayscale pixel; convert("RGB") would clip them at 255.
 HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-#: Metadata of an exported graph (ONNX ``metadata_props``; OpenVINO keeps it in ``rt_info["framework"]``) naming the
-#: ``"height,width"`` that a model trained with an antialiased resize expects its inputs resized to first.
-ANTIALIAS_METADATA_KEY = "salad_antialias_resize"
 _ONE_OVER_255 = np.float32(1.0 / 255.0)  # torchvision's to_dtype(scale=True) multiplies by this: bit-identical
 _ID_PATTERN = re.compile(r"^(?P<path>.+):(?P<axis>frame|[0-9]):(?P<index>[0-9]+)$")
 
@@ -533,34 +528,6 @@ def uint8_to_float(values: np.ndarray) -> np.ndarray:
         np.ndarray: float32, ``values * float32(1 / 255)``.
     """
     return values.astype(np.float32) * _ONE_OVER_255
-
-
-def antialiased_resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """An ``(H, W, C)`` float32 image resized to ``size`` (height, width) by Pillow's antialiased bicubic filter.
-
-    Pillow resizes each channel as a 32-bit float image; this equals torchvision's
-    ``resize(..., InterpolationMode.BICUBIC, antialias=True)`` on float tensors (the resize of a ``Salad`` trained with
-    ``antialias=True``) to float32 rounding, so a deployed model sees the pixels it was trained on.
-
-    Args:
-        image: ``(H, W, C)`` float32.
-        size: ``(height, width)``.
-
-    Returns:
-        np.ndarray: ``(height, width, C)`` float32; ``image`` itself when it is already that size.
-    """
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image
-    channels = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32)).resize(
-                (width, height), Image.Resampling.BICUBIC
-            )
-        )
-        for c in range(image.shape[2])
-    ]
-    return np.stack(channels, axis=-1)
 
 
 def _read_pillow(path: str, config: ReaderConfig) -> np.ndarray:

@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,11 +305,9 @@ class _Scorer:
         state: _State,
         progress: _Progress,
         overlays: tuple[Path, str, float] | None,
-        fit_to_graph: Callable[[np.ndarray, str], tuple[np.ndarray, str]] = lambda batch, layout: (batch, layout),
     ) -> None:
         import openvino as ov  # noqa: PLC0415
 
-        self.fit_to_graph = fit_to_graph  # SaladInferencer.fit_to_graph: the training resize of antialiased models
         self.queue = ov.AsyncInferQueue(compiled_model, requests)
         self.queue.set_callback(self._done)
         self.names = [next(iter(output.get_names())) for output in compiled_model.outputs]
@@ -335,7 +333,7 @@ class _Scorer:
                 if item in self.state.scored:
                     continue
                 # The reader's float32 (H, W, 3): the queue's NHWC model.
-                batch, _ = self.fit_to_graph(*prepare_input(image, "HWC"))
+                batch, _ = prepare_input(image, "HWC")
                 with self.lock:
                     self.pending[path] += 1
                 with self.running:
@@ -483,7 +481,7 @@ def _score(
     root = os.path.commonpath([os.path.abspath(path) for path in shard]) if shard else ""
     root = os.path.dirname(root) if os.path.isfile(root) else root
     overlays = (args.output / "overlays", root, args.alpha) if args.overlays else None
-    scorer = _Scorer(compiled, requests, writers, state, progress, overlays, inferencer.fit_to_graph)
+    scorer = _Scorer(compiled, requests, writers, state, progress, overlays)
     failed_now = 0
     depth = 2 * (readers + requests)  # files decoded ahead, in input order, while the infer requests run
     paths = iter(todo)

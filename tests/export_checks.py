@@ -25,6 +25,7 @@ from anomalib.engine import Engine
 from anomalib.models import Padim
 from PIL import Image, UnidentifiedImageError
 from torchmetrics.functional.classification import binary_auroc
+from torchvision.transforms.v2 import InterpolationMode, Resize
 
 from anomalib_salad import Salad, SaladOpenVINO, reader, score
 from anomalib_salad.benchmark import SaladBenchmarkJob
@@ -589,53 +590,40 @@ def test_checkpoint_written_before_the_layers_exports_the_same(tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A model trained with an antialiased resize: the deployment resizes with the training filter before the graph
+# A model trained with an antialiased resize: the graph computes that resize itself (AntialiasedResize)
 # ---------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def antialiased(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny ``Salad(antialias=True)`` trained for one epoch, its ONNX and IR exports, and 96x80 scans."""
+    """A tiny ``Salad(antialias=True)`` trained for one epoch, reloaded, its ONNX and IR exports, and 96x80 scans."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("antialiased")
     engine = Engine(max_epochs=1, default_root_dir=root, logger=False, enable_progress_bar=False)
-    model = Salad(**TINY, antialias=True)
-    engine.fit(model, datamodule=_folder(tiny_scans))
-    model.eval()
-    onnx_kwargs = {"opset_version": 18}
-    paths = {
-        kind: engine.export(model=model, export_type=kind, export_root=root / kind.value, onnx_kwargs=onnx_kwargs)
-        for kind in (ExportType.ONNX, ExportType.OPENVINO)
-    }
+    engine.fit(Salad(**TINY, antialias=True), datamodule=_folder(tiny_scans))
+    model = load_salad_checkpoint(engine.trainer.checkpoint_callback.best_model_path).eval()
+    paths = {kind: engine.export(model=model, export_type=kind, export_root=root / kind.value)
+             for kind in (ExportType.ONNX, ExportType.OPENVINO)}
     large = root / "large"
     large.mkdir()
     for index, path in enumerate(sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:3]):
         Image.open(path).resize((80, 96), Image.Resampling.BICUBIC).save(large / f"scan_{index}.png")
-    return {"model": model, "onnx": paths[ExportType.ONNX], "openvino": paths[ExportType.OPENVINO], "large": large}
-
-
-def test_antialiased_model_names_its_size_in_the_export(
-    antialiased: dict[str, Any], exports: dict[str, Path], tmp_path: Path
-) -> None:
-    metadata = {entry.key: entry.value for entry in onnx.load(antialiased["onnx"]).metadata_props}
-    assert metadata[reader.ANTIALIAS_METADATA_KEY] == "32,32"
-    for kind in ("onnx", "openvino"):
-        assert SaladInferencer(antialiased[kind]).antialias_size == (32, 32)
-    assert SaladInferencer(exports["openvino"]).antialias_size is None  # the default model resizes in the graph
-    # A graph fixed at another input size cannot get the training pixels: refused, with what to do.
-    fixed = antialiased["model"].to_openvino(tmp_path, input_size=(48, 48), onnx_kwargs={"opset_version": 18})
-    with pytest.raises(CheckpointError, match="fixed input of 48x48, but its model resizes to 32x32"):
-        SaladInferencer(fixed)
-
-
-def test_antialiased_model_deploys_with_its_training_pixels(antialiased: dict[str, Any], tmp_path: Path) -> None:
-    files = sorted(antialiased["large"].glob("*.png"))
+    files = sorted(large.glob("*.png"))
     batch = to_model_input(np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files]))  # 96x80
-    # What validation sees: the pre-processor's own (antialiased) resize, then the model. (The module's forward
-    # applies anomalib's export transform, which has no antialiasing, like the graph.)
-    resize = antialiased["model"].pre_processor.transform.transforms[0]
+    # What validation sees: the pre-processor's own (torchvision, antialiased) resize, then the network.
+    resize = model.pre_processor.transform.transforms[0]
     assert resize.antialias
-    reference = _torch_predict(antialiased["model"], resize(torch.from_numpy(batch)).numpy())
+    reference = _torch_predict(model, resize(torch.from_numpy(batch)).numpy())
+    return {"model": model, "root": root, "large": large, "files": files, "batch": batch, "reference": reference,
+            "onnx": paths[ExportType.ONNX], "openvino": paths[ExportType.OPENVINO]}
+
+
+def test_antialiased_model_deploys_with_its_training_pixels(
+    antialiased: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch, files, reference = antialiased["batch"], antialiased["files"], antialiased["reference"]
+    # The graph resizes 96x80 inputs as training did: SaladInferencer (float, uint8, files), anomalib's
+    # OpenVINOInferencer, salad-score and the torch module's forward all get validation's scores.
     inferencer = SaladInferencer(antialiased["openvino"], precision_hint="f32")
     for images, layout in ((batch, "NCHW"), ((batch * 255).round().astype(np.uint8).transpose(0, 2, 3, 1), "NHWC")):
         prediction = inferencer.predict(images, layout=layout)
@@ -643,13 +631,31 @@ def test_antialiased_model_deploys_with_its_training_pixels(antialiased: dict[st
         np.testing.assert_allclose(prediction.pred_score, reference["pred_score"], rtol=RTOL, atol=atol)
     by_path = inferencer.predict([str(path) for path in files])
     np.testing.assert_allclose(by_path.pred_score, reference["pred_score"], rtol=RTOL, atol=ATOL)
-    # Without the resize in front, the graph's plain bicubic sees other pixels: the check above can fail.
-    plain = inferencer.compiled_for("f32", "NCHW")(batch)
-    plain_scores = np.asarray(plain[inferencer.compiled_model.output("pred_score")]).reshape(-1)
-    assert np.abs(plain_scores - reference["pred_score"]).max() > 100 * ATOL
-    # salad-score reads the same files and resizes the same way.
+    np.testing.assert_allclose(_torch_predict(antialiased["model"], batch)["pred_score"], reference["pred_score"],
+                               rtol=RTOL, atol=ATOL)
+    monkeypatch.chdir(tmp_path)  # anomalib's inferencer creates ./openvino_cache
+    theirs = OpenVINOInferencer(antialiased["openvino"], device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    for index, path in enumerate(files):
+        np.testing.assert_allclose(np.ravel(theirs.predict(path).pred_score), reference["pred_score"][index],
+                                   rtol=RTOL, atol=ATOL)
     assert score.main(["--model", str(antialiased["openvino"]), "--input", str(antialiased["large"]),
                        "--output", str(tmp_path / "scored"), "--no-progress"]) == 0
     with (tmp_path / "scored" / "scores.csv").open() as handle:
         scored = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
     np.testing.assert_allclose([scored[path.name] for path in files], reference["pred_score"], rtol=RTOL, atol=ATOL)
+    # anomalib's own export transform (a plain bicubic resize) misses them: the checks above can fail.
+    plain = Resize((32, 32), interpolation=InterpolationMode.BICUBIC, antialias=False)
+    plain_scores = _torch_predict(antialiased["model"], plain(torch.from_numpy(batch)).numpy())["pred_score"]
+    assert np.abs(plain_scores - reference["pred_score"]).max() > 100 * ATOL
+
+
+def test_antialiased_model_exports_at_a_fixed_size_and_keeps_the_resize(
+    antialiased: dict[str, Any], tmp_path: Path
+) -> None:
+    graph = onnx.load(antialiased["onnx"], load_external_data=False).graph
+    # Matrix products, not ONNX's antialiased Resize (which OpenVINO 2026.4 computes wrongly).
+    resizes = [node for node in graph.node if node.op_type == "Resize"]
+    assert not [node for node in resizes for field in node.attribute if field.name == "antialias" and field.i]
+    fixed = antialiased["model"].to_openvino(tmp_path, input_size=(96, 80))
+    prediction = SaladInferencer(fixed, precision_hint="f32").predict(antialiased["batch"], layout="NCHW")
+    np.testing.assert_allclose(prediction.pred_score, antialiased["reference"]["pred_score"], rtol=RTOL, atol=ATOL)

@@ -38,7 +38,6 @@ from anomalib_salad.reader import (
     ImageReadError,
     ImageRef,
     ReaderConfig,
-    antialiased_resize,
     file_format,
     list_files,
     list_items,
@@ -584,17 +583,3 @@ def test_cli_trains_on_a_folder_of_dicom_and_nifti(medical_root: Path, tmp_path:
     overlays = {path.name for path in (tmp_path / "results").rglob("*.png")}
     assert any(name.endswith(".dcm.png") for name in overlays)
     assert any(name.startswith("volume.nii.gz_2_") for name in overlays)
-
-
-def test_antialiased_resize_is_torchvisions_training_resize() -> None:
-    import torch  # noqa: PLC0415  (the reader itself is torch-free)
-    from torchvision.transforms.v2 import InterpolationMode, Resize  # noqa: PLC0415
-
-    image = np.random.default_rng(0).random((96, 80, 3), dtype=np.float32)
-    ours = antialiased_resize(image, (32, 24))
-    resize = Resize((32, 24), interpolation=InterpolationMode.BICUBIC, antialias=True)
-    theirs = resize(torch.from_numpy(image).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-    assert ours.shape == (32, 24, 3)
-    assert ours.dtype == np.float32
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
-    assert antialiased_resize(image, (96, 80)) is image
