@@ -9,9 +9,10 @@ interrupted run keeps what it measured):
   own) on the test split (images decoded once) and its intensity-matched AUROC (``matched_*``: normal and abnormal
   images compared only within a decile of mean intensity, :func:`anomalib_salad.metrics.matched_auroc`); for SALAD
   also label-free health signals (the spread of the latent codes, the distance of the center from the origin, the
-  mean latent-to-center distance of normal training images) and the model's own structure loss L_str on held-out
+  mean latent-to-center distance of normal training images), the model's own structure loss L_str on held-out
   normal images (the validation split's normal ones), the signal of the label-free checkpoint rule in
-  ``protocol_tables.py``;
+  ``protocol_tables.py``, and the Spearman correlation of each score with brightness among those held-out normal
+  images (``normal_brightness_*``: a score that ranks normal scans by brightness carries a collection shortcut);
 * ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
   specificity at the best-F1 threshold), train images/s, the command (the columns of ``docs/results/``) and the
   intensity-matched AUROC.
@@ -38,7 +39,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
 from anomalib_salad.cache import CachedImages, _resize_of
-from anomalib_salad.metrics import best_f1_statistics, matched_auroc
+from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rescore import SCORES, raw_scores
@@ -97,11 +98,20 @@ class ScoreCurves(Callback):
         self.test: CachedImages | None = None
         self.val_normal: torch.Tensor | None = None
         self.rows: list[dict[str, Any]] = []
+        self.trained_images = 0  # a resumed run trains only the remaining epochs
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, _: int
+    ) -> None:
+        """Count the images trained on, for the throughput."""
+        self.trained_images += len(batch.image)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Score the test folder and write one curve row, every ``every`` epochs and at the last."""
         epoch = trainer.current_epoch + 1
         if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        if not self.trained_images:  # resumed from a checkpoint written at this epoch's end: its row exists
             return
         if self.test is None:
             self.test = CachedImages(self.datamodule.test_data, _resize_of(pl_module), pl_module.device, "test")
@@ -116,7 +126,7 @@ class ScoreCurves(Callback):
             f"matched_{name}": round(matched_auroc(values, target, intensity), 4) for name, values in scores.items()
         }
         if isinstance(pl_module, Salad):
-            row |= self._health(pl_module) | self._heldout_structure(pl_module)
+            row |= self._health(pl_module) | self._heldout_normal(pl_module)
         pl_module.train(was_training)
         self.rows.append(row)
         _append(self.path, [row], list(row))
@@ -140,10 +150,13 @@ class ScoreCurves(Callback):
         }
 
     @torch.no_grad()
-    def _heldout_structure(self, pl_module: Salad) -> dict[str, float]:
-        """The model's L_str (SSIM or L1, as trained) on the validation split's normal images, which it never fits.
+    def _heldout_normal(self, pl_module: Salad) -> dict[str, float]:
+        """Label-free signals on the validation split's normal images, which the model never fits.
 
-        Only normal images are used, as a user holding out some of their normal scans would; no anomaly label.
+        The model's L_str (SSIM or L1, as trained) on them, and how much each score follows their brightness (the
+        Spearman correlation with the mean intensity). Only normal images are used, as a user holding out some of
+        their normal scans would; no anomaly label. A score that ranks normal images by brightness has learnt a
+        shortcut that shifts with the collection.
         """
         if self.val_normal is None:
             val = self.datamodule.val_data  # the model's ImageCache has usually cached it already
@@ -154,10 +167,20 @@ class ScoreCurves(Callback):
         if not len(self.val_normal):
             return {}
         model, total = pl_module.model, 0.0
+        score, scores = model.score, {name: [] for name in SCORES}
         for chunk in self.val_normal.split(128):
-            images = model.to_network_input(pl_module.pre_processor.transform(chunk))
+            transformed = pl_module.pre_processor.transform(chunk)
+            images = model.to_network_input(transformed)
             total += float(pl_module.structure_loss(images, model.decoder(model.encoder(images)))) * len(chunk)
-        return {"heldout_normal_str": round(total / len(self.val_normal), 5)}
+            for name, values in scores.items():
+                model.score = name
+                values.append(model(transformed).pred_score.float().cpu())
+        model.score = score
+        brightness = self.val_normal.float().mean(dim=(1, 2, 3)).cpu()
+        return {"heldout_normal_str": round(total / len(self.val_normal), 5)} | {
+            f"normal_brightness_{name}": round(spearman(torch.cat(values), brightness), 4)
+            for name, values in scores.items()
+        }
 
 
 def mean_intensity(images: CachedImages) -> torch.Tensor:
@@ -202,6 +225,13 @@ def main() -> None:
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--curve-csv", type=Path)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/paper_protocol"))
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="CKPT",
+        help="continue an interrupted run from its Lightning checkpoint (same arguments); its train images/s is "
+        "then measured over the remaining epochs only",
+    )
     args = parser.parse_args()
 
     config = yaml.safe_load(args.config.read_text())
@@ -224,10 +254,12 @@ def main() -> None:
         enable_progress_bar=False,
         default_root_dir=args.work_dir / f"{name.replace(' ', '_')}_{args.seed}",
     )
+    if args.resume and not args.resume.is_file():
+        sys.exit(f"--resume: no checkpoint at {args.resume}")
     start = time.perf_counter()
-    engine.fit(model, datamodule=datamodule)
+    engine.fit(model, datamodule=datamodule, ckpt_path=args.resume)
     fit_seconds = time.perf_counter() - start
-    images_per_s = args.epochs * len(datamodule.train_data) / fit_seconds
+    images_per_s = curves.trained_images / fit_seconds
 
     model.eval()
     test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")

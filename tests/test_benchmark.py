@@ -426,6 +426,18 @@ def test_paper_protocol_end_to_end_with_label_free_rule(
     cells = [cell.strip() for cell in table.splitlines()[2].strip("|").split("|")]
     assert cells[:3] == [f"salad antialias=true cache_images={cache}", "0", "2"]
     assert cells[6] == str(picked)  # model, seed, last epoch, its A_F / A_I / A_C, then the picked epoch
+    if cache == "false":
+        return
+    # An interrupted run continues from its checkpoint: only the new epoch gets a curve row, and a second set of rows.
+    (checkpoint,) = (tmp_path / "work").rglob("*.ckpt")
+    argv[argv.index("--epochs") + 1] = "3"
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume", str(checkpoint)])
+    protocol.main()
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert curves["epoch"].tolist() == [1, 2, 3]
+    rows = pd.read_csv(tmp_path / "rows.csv")
+    assert rows["epochs"].tolist() == [2, 2, 2, 3, 3, 3]
+    assert rows["train_images_per_s"].gt(0).all()
 
 
 def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
