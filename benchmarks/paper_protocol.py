@@ -17,6 +17,9 @@ interrupted run keeps what it measured):
   specificity at the best-F1 threshold), train images/s, the command (the columns of ``docs/results/``) and the
   intensity-matched AUROC.
 
+GANomaly's training and validation images are decoded once, as SALAD's are (:class:`~anomalib_salad.cache.ImageCache`,
+bit-identical pixels); ``--resume CKPT`` continues an interrupted run.
+
 Usage:
     python benchmarks/paper_protocol.py --model salad --seed 0 --epochs 200 \
         --csv docs/results/braintumor_64px.csv --curve-csv docs/results/braintumor_64px_curves.csv
@@ -38,7 +41,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.cache import CachedImages, _resize_of
+from anomalib_salad.cache import CachedImages, ImageCache, _resize_of
 from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -249,7 +252,8 @@ def main() -> None:
     engine = Engine(
         max_epochs=args.epochs,
         check_val_every_n_epoch=args.every,
-        callbacks=[curves],
+        # SALAD caches its images itself (cache_images); GANomaly gets the same cache (bit-identical pixels).
+        callbacks=[curves, *([ImageCache()] if args.model == "ganomaly" else [])],
         logger=False,
         enable_progress_bar=False,
         default_root_dir=args.work_dir / f"{name.replace(' ', '_')}_{args.seed}",

@@ -1,6 +1,7 @@
 """Tests of anomalib_salad.benchmark: the smoke grid end to end on CPU, the shipped configs, and the parts."""
 
 import importlib.util
+import logging
 import math
 import os
 import subprocess
@@ -438,6 +439,26 @@ def test_paper_protocol_end_to_end_with_label_free_rule(
     rows = pd.read_csv(tmp_path / "rows.csv")
     assert rows["epochs"].tolist() == [2, 2, 2, 3, 3, 3]
     assert rows["train_images_per_s"].gt(0).all()
+
+
+def test_paper_protocol_trains_ganomaly_from_the_image_cache(
+    tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = {"name": "tiny", "root": str(tiny_scans), "normal_dir": "train/normal", "abnormal_dir": "test/abnormal",
+            "normal_test_dir": "test/normal", "train_batch_size": 16, "eval_batch_size": 16, "num_workers": 0,
+            "val_split_mode": "from_test", "val_split_ratio": 0.5, "seed": 0}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"image_size": 32}},
+                                                          "data": {"init_args": data}}))
+    argv = ["paper_protocol.py", "--config", str(tmp_path / "config.yaml"), "--model", "ganomaly", "--epochs", "1"]
+    argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--work-dir", str(tmp_path / "work")])
+    with caplog.at_level(logging.INFO, logger="anomalib_salad.cache"):
+        _load_benchmark_script("paper_protocol").main()
+    assert "Image cache: 40 train images" in caplog.text
+    rows, curves = pd.read_csv(tmp_path / "rows.csv"), pd.read_csv(tmp_path / "curves.csv")
+    assert rows["score"].tolist() == ["score"]
+    assert rows["auroc"].between(0, 1).all()
+    assert curves["auroc_score"].between(0, 1).all()
 
 
 def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
