@@ -7,8 +7,9 @@ AUROC of every score every few epochs) and prints:
   training images/s (mean) and the intensity-matched AUROC where the run logged it;
 * per model: the curve, test AUROC (and intensity-matched AUROC) of each score at each logged epoch, mean over
   seeds (min-max when seeds > 1), with the label-free health signals of SALAD runs;
-* the label-free checkpoint rule, for runs that logged it: the logged epoch whose structure loss on held-out
-  normal images is lowest, and the test AUROC there beside the last epoch's (the paper's protocol).
+* the label-free checkpoint rules, for runs that logged their signal: the logged epoch whose structure loss on
+  held-out normal images is lowest, or whose A_F is least correlated with brightness among those images, and the
+  test AUROC there beside the last epoch's (the paper's protocol).
 
 Usage:
     python benchmarks/protocol_tables.py --csv docs/results/braintumor_64px.csv \
@@ -23,7 +24,21 @@ import pandas as pd
 SCORE_NAMES = {"feature": "A_F", "image": "A_I", "center": "A_C", "score": "its score"}
 CURVE_COLUMNS = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A_C", "auroc_score": "score"}
 MATCHED_COLUMNS = {f"matched_{key[6:]}": f"{name} matched" for key, name in CURVE_COLUMNS.items()}
-HEALTH_COLUMNS = {"latent_std": "latent std", "center_norm": "center norm", "normal_to_center": "normal-to-center"}
+HEALTH_COLUMNS = {
+    "latent_std": "latent std",
+    "center_norm": "center norm",
+    "normal_to_center": "normal-to-center",
+    "normal_brightness_feature": "A_F~brightness",
+    "normal_brightness_center": "A_C~brightness",
+}
+#: Label-free checkpoint rules: the signal logged on held-out normal images, and how the rule reads it.
+RULES = {
+    "heldout_normal_str": ("lowest held-out normal L_str", "min"),
+    "normal_brightness_feature": (
+        "A_F least tied to brightness among held-out normal images (smallest |Spearman|)",
+        "abs",
+    ),
+}
 
 
 def _spread(values: pd.Series) -> str:
@@ -77,20 +92,22 @@ def curve_table(curves: pd.DataFrame, model: str) -> str:
     return "\n".join(lines)
 
 
-def checkpoint_table(curves: pd.DataFrame) -> str:
-    """Per run: test AUROC at the last logged epoch and at the epoch the label-free rule picks.
+def checkpoint_table(curves: pd.DataFrame, signal: str = "heldout_normal_str") -> str:
+    """Per run: test AUROC at the last logged epoch and at the epoch a label-free rule picks.
 
-    The rule uses no anomaly label: among the logged epochs, the one with the lowest ``heldout_normal_str`` (the
-    model's own L_str on held-out normal images). Runs without that column are left out.
+    The rules use no anomaly label, only a signal logged on held-out normal images (:data:`RULES`): the epoch with
+    the lowest ``heldout_normal_str`` (the model's own L_str), or the one whose A_F follows their brightness least
+    (``normal_brightness_feature``, smallest absolute Spearman correlation). Runs without the signal are left out.
     """
-    if "heldout_normal_str" not in curves:
+    if signal not in curves:
         return ""
-    logged = curves.dropna(subset=["heldout_normal_str"])
+    logged = curves.dropna(subset=[signal])
     scores = {key: name for key, name in CURVE_COLUMNS.items() if key in logged and logged[key].notna().any()}
     header = ["model", "seed", "last epoch", *scores.values(), "picked epoch", *scores.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for (model, seed), run in logged.groupby(["model", "seed"], sort=False):
-        last, picked = run.loc[run["epoch"].idxmax()], run.loc[run["heldout_normal_str"].idxmin()]
+        values = run[signal].abs() if RULES[signal][1] == "abs" else run[signal]
+        last, picked = run.loc[run["epoch"].idxmax()], run.loc[values.idxmin()]
         cells = [model, str(seed)]
         for row in (last, picked):
             cells += [str(int(row["epoch"])), *(f"{row[key]:.3f}" for key in scores)]
@@ -110,9 +127,10 @@ def main() -> None:
         for model in dict.fromkeys(curves["model"]):
             print(f"\n{model}:\n")
             print(curve_table(curves, model))
-        rule = checkpoint_table(curves)
-        if rule:
-            print(f"\nlabel-free checkpoint (lowest held-out normal L_str):\n\n{rule}")
+        for signal, (rule, _) in RULES.items():
+            table = checkpoint_table(curves, signal)
+            if table:
+                print(f"\nlabel-free checkpoint ({rule}):\n\n{table}")
 
 
 if __name__ == "__main__":

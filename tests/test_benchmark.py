@@ -476,6 +476,14 @@ def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
     assert lines[0] == "| model | seed | last epoch | A_F | picked epoch | A_F |"
     assert lines[2:] == ["| salad | 0 | 30 | 0.500 | 20 | 0.800 |"]  # GANomaly logs no held-out loss: left out
     assert tables.checkpoint_table(curves.drop(columns="heldout_normal_str")) == ""
+    # The brightness rule reads the correlation's size, whatever its sign.
+    curves["normal_brightness_feature"] = [0.5, 0.3, -0.1, None]
+    lines = tables.checkpoint_table(curves, "normal_brightness_feature").splitlines()
+    assert lines[2:] == ["| salad | 0 | 30 | 0.500 | 30 | 0.500 |"]
+    curves["normal_brightness_feature"] = [0.5, -0.05, 0.1, None]
+    assert tables.checkpoint_table(curves, "normal_brightness_feature").splitlines()[2:] == [
+        "| salad | 0 | 30 | 0.500 | 20 | 0.800 |"
+    ]
 
 
 def test_profile_step_names_each_network_and_loss() -> None:
