@@ -3,7 +3,7 @@
 Layers, bottom up:
 
 * deployment: read files, check checkpoint files, run an exported model; NumPy, Pillow, OpenVINO only.
-* model: networks, losses, proxy tasks, metrics, post-processing, the Lightning module, export, and the
+* model: networks, losses, proxy tasks, metrics, pre- and post-processing, the Lightning module, export, and the
   callbacks the model configures itself (image cache, image-file checks and the visualiser's reader).
 * run tooling: data generation and the benchmark runner.
 """
@@ -19,8 +19,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "anomalib_salad"
 LAYERS = {
     "deployment": {"reader", "checkpoint", "deploy", "score"},
-    "model": {"hardware", "torch_model", "loss", "proxy_tasks", "metrics", "post_processing", "cache", "image_io",
-              "lightning_model", "export", "openvino_model"},
+    "model": {"hardware", "torch_model", "loss", "proxy_tasks", "metrics", "pre_processing", "post_processing", "cache",
+              "image_io", "lightning_model", "export", "openvino_model"},
     "run tooling": {"data", "benchmark"},
 }
 ORDER = list(LAYERS)
