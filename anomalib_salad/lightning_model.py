@@ -399,11 +399,12 @@ class Salad(AnomalibModule):
     def _post_training_quantization_ov(model: "ov.Model", datamodule: AnomalibDataModule | None = None) -> "ov.Model":
         """INT8_PTQ as anomalib runs it (NNCF, calibrated on the validation split), with SALAD's two settings.
 
-        The encoder's last two layers (outputs of 2x2 and 1x1, in both encoder passes) stay in floating point,
-        and activations are quantised asymmetrically (NNCF's ``MIXED`` preset). With anomalib's defaults a
-        brain MRI model lost 0.038 AUROC, with these 0.0001; six demo-model checkpoints lost at most 0.006
-        (docs/results.md). The latent score is a difference of two codes, so quantisation noise at the latent
-        end lands in the score directly; those layers hold many weights but few multiply-adds.
+        The encoder's last two layers (outputs of 2x2 and 1x1, in both encoder passes) and the antialiased resize
+        stay in floating point, and activations are quantised asymmetrically (NNCF's ``MIXED`` preset). With
+        anomalib's defaults a brain MRI model lost 0.038 AUROC, with these 0.0001; six demo-model checkpoints lost
+        at most 0.006 (docs/results.md; measured before the resize was antialiased). The latent score is a
+        difference of two codes, so quantisation noise at the latent end lands in the score directly; those layers
+        hold many weights but few multiply-adds.
 
         Args:
             model: The FP32 OpenVINO model.
@@ -423,11 +424,14 @@ class Salad(AnomalibModule):
         datamodule.setup("fit")
         calibration = nncf.Dataset(datamodule.val_dataloader(), lambda batch: batch["image"])
         latent_end = [op.get_friendly_name() for op in model.get_ordered_ops() if _is_latent_end_convolution(op)]
+        # The antialiased resize's matrix products (AntialiasedResize; the networks have none) stay in floating point
+        # too: int8 pixels would throw away what the resize keeps.
+        resize = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
         return nncf.quantize(
             model,
             calibration,
             preset=nncf.QuantizationPreset.MIXED,
-            ignored_scope=nncf.IgnoredScope(names=latent_end),
+            ignored_scope=nncf.IgnoredScope(names=latent_end + resize),
         )
 
     def __setattr__(self, name: str, value: Any) -> None:

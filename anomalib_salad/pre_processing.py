@@ -48,7 +48,11 @@ KERNELS = {InterpolationMode.BICUBIC: _cubic, InterpolationMode.BILINEAR: _trian
 
 
 def resize_weights(
-    size_in: int, size_out: int, like: Tensor, interpolation: InterpolationMode = InterpolationMode.BICUBIC
+    size_in: int,
+    size_out: int,
+    like: Tensor,
+    interpolation: InterpolationMode = InterpolationMode.BICUBIC,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """The ``(size_out, size_in)`` matrix of an antialiased resize along one axis, as torchvision computes it.
 
@@ -60,13 +64,14 @@ def resize_weights(
         size_out: Output length.
         like: A tensor whose device the weights are made on.
         interpolation: ``BICUBIC`` or ``BILINEAR``.
+        dtype: Floating type of the weights. Defaults to float32.
 
     Returns:
-        Tensor: float32 weights.
+        Tensor: The weights.
     """
-    source = torch.arange(size_in, device=like.device, dtype=torch.float32)
-    target = torch.arange(size_out, device=like.device, dtype=torch.float32)
-    scale = torch.ones((), device=like.device) * size_in / size_out  # a tensor, so an export keeps it dynamic
+    source = torch.arange(size_in, device=like.device, dtype=dtype)
+    target = torch.arange(size_out, device=like.device, dtype=dtype)
+    scale = torch.ones((), device=like.device, dtype=dtype) * size_in / size_out  # a tensor: an export keeps it dynamic
     centre = (target[:, None] + 0.5) * scale
     weights = KERNELS[interpolation]((source[None, :] - centre + 0.5) / scale.clamp(min=1.0))
     return weights / weights.sum(dim=1, keepdim=True)
@@ -76,7 +81,9 @@ class AntialiasedResize(nn.Module):
     """Antialiased resize of ``(..., H, W)`` float images to ``size``, as two matrix products (exportable).
 
     Equals torchvision's ``Resize(size, interpolation, antialias=True)`` on float images to ~1e-6, for shrinking
-    and enlarging alike; an input already at ``size`` comes back unchanged (up to rounding).
+    and enlarging alike. It computes in float32 (float64 for float64 images) outside any autocast region, so that
+    mixed-precision inference resizes as training did; an input already at ``size`` is returned as it is, as
+    torchvision does (an exported graph, whose input size is not known, computes the products anyway).
 
     Args:
         size: ``(height, width)`` of the output.
@@ -92,17 +99,27 @@ class AntialiasedResize(nn.Module):
         self.size, self.interpolation = (int(size[0]), int(size[1])), interpolation
 
     def forward(self, images: Tensor) -> Tensor:
-        """Resize ``images``."""
-        rows = resize_weights(images.shape[-2], self.size[0], images, self.interpolation).to(images.dtype)
-        columns = resize_weights(images.shape[-1], self.size[1], images, self.interpolation).to(images.dtype)
-        return rows @ images @ columns.T
+        """Resize ``images`` (floating point)."""
+        if not images.is_floating_point():
+            msg = f"AntialiasedResize resizes floating-point images, got {images.dtype}; scale them to [0, 1] first"
+            raise TypeError(msg)
+        if not torch.compiler.is_exporting() and tuple(images.shape[-2:]) == self.size:
+            return images
+        dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+        with torch.autocast(images.device.type, enabled=False):
+            rows = resize_weights(images.shape[-2], self.size[0], images, self.interpolation, dtype)
+            columns = resize_weights(images.shape[-1], self.size[1], images, self.interpolation, dtype)
+            return (rows @ images.to(dtype) @ columns.T).to(images.dtype)
 
 
 def unexportable_antialiasing(transform: Any) -> bool:
     """Whether ``transform`` (or a step of it) antialiases in a way :func:`exportable_transform` cannot keep."""
     if isinstance(transform, Compose):
         return any(unexportable_antialiasing(step) for step in transform.transforms)
-    return isinstance(transform, Resize) and bool(transform.antialias) and not _exportable_resize(transform)
+    if not isinstance(transform, Resize) or not transform.antialias:
+        return False
+    nearest = _mode(transform.interpolation) in {InterpolationMode.NEAREST, InterpolationMode.NEAREST_EXACT}
+    return not nearest and not _exportable_resize(transform)  # torchvision does not antialias nearest modes
 
 
 def _mode(interpolation: InterpolationMode | str | int) -> InterpolationMode | None:

@@ -34,6 +34,20 @@ def test_antialiased_resize_leaves_an_image_at_its_size_alone() -> None:
 def test_unsupported_interpolation_is_refused() -> None:
     with pytest.raises(ValueError, match="AntialiasedResize supports"):
         AntialiasedResize((32, 32), InterpolationMode.NEAREST)
+    with pytest.raises(TypeError, match=r"floating-point images, got torch\.uint8"):
+        AntialiasedResize((32, 32))(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_resize_keeps_full_precision_under_autocast_and_in_float64() -> None:
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    expected = resize(images, [32, 32], InterpolationMode.BICUBIC, antialias=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed-precision inference must resize as training did
+        ours = AntialiasedResize((32, 32))(images)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-6)
+    double = images.double()
+    expected = resize(double, [32, 32], InterpolationMode.BICUBIC, antialias=True)
+    torch.testing.assert_close(AntialiasedResize((32, 32))(double), expected, rtol=0, atol=1e-12)
 
 
 def test_one_exported_graph_resizes_every_input_size_like_torchvision(tmp_path: Path) -> None:
@@ -69,7 +83,8 @@ def test_export_transform_keeps_antialiasing_and_only_that() -> None:
 def test_salad_pre_processor_keeps_its_export_after_a_checkpoint_restore() -> None:
     trained = Salad(image_size=32, antialias=True).pre_processor
     assert isinstance(trained, SaladPreProcessor)
-    restored = Salad(image_size=32).pre_processor  # built without antialiasing, then restored from the checkpoint
+    restored = Salad(image_size=32, antialias=False).pre_processor  # built without it, then restored from a checkpoint
+    assert isinstance(restored.export_transform.transforms[0], Resize)
     restored.load_checkpoint_config(trained.checkpoint_config())
     assert restored.transform.transforms[0].antialias
     assert isinstance(restored.export_transform.transforms[0], AntialiasedResize)
@@ -86,6 +101,23 @@ def test_export_of_anomalibs_pre_processor_is_antialiased_too(caplog: pytest.Log
         torch.testing.assert_close(pre_processor(images), pre_processor.transform(images), rtol=0, atol=2e-6)
     assert isinstance(pre_processor.export_transform.transforms[0], Resize)  # restored afterwards
     # A resize it cannot reproduce (shorter side only) is exported as anomalib does, with a warning.
+    with (
+        caplog.at_level(logging.WARNING),
+        antialiased_export(PreProcessor(Resize((32, 32), InterpolationMode.NEAREST))),
+    ):
+        pass
+    assert not caplog.text  # torchvision never antialiases a nearest-neighbour resize: nothing is lost
     with caplog.at_level(logging.WARNING), antialiased_export(PreProcessor(Resize(32, antialias=True))):
         pass
     assert "the exported graph resizes without antialiasing" in caplog.text
+
+
+def test_checkpoint_trained_with_the_plain_resize_keeps_it() -> None:
+    # Written before antialiasing became the default (tests/data/README.md): its export must stay plain bicubic.
+    old = Salad.load_from_checkpoint(Path(__file__).parent / "data" / "salad_tiny_4862592.ckpt").eval()
+    step = old.pre_processor.export_transform.transforms[0]  # the default is antialiased; the checkpoint decides
+    assert isinstance(step, Resize)
+    assert not step.antialias
+    images = torch.rand(2, 3, 64, 64)
+    plain = resize(images, [32, 32], InterpolationMode.BICUBIC, antialias=False)
+    torch.testing.assert_close(old.pre_processor(images), (plain - 0.5) / 0.5)
