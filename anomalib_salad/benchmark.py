@@ -166,7 +166,9 @@ def build_model(config: dict[str, Any]) -> AnomalibModule:
     if image_size is None:
         return _instantiate(config, "anomalib.models", AnomalibModule)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    pre_processor = _class_of(config["class_path"], "anomalib.models").configure_pre_processor(size)
+    # A model's own resize option (Salad's antialias) goes to the pre-processor that replaces its default one.
+    options = {key: value for key, value in config.get("init_args", {}).items() if key == "antialias"}
+    pre_processor = _class_of(config["class_path"], "anomalib.models").configure_pre_processor(size, **options)
     return _instantiate(config, "anomalib.models", AnomalibModule, pre_processor=pre_processor)
 
 

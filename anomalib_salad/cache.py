@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Grayscale, Normalize,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheTooLargeError", "CachedImages", "ImageCache"]
+__all__ = ["CacheTooLargeError", "CachedImages", "ImageCache", "check_cached_resize"]
 
 #: The cache may take at most this fraction of the memory that is free when it is filled.
 MEMORY_FRACTION = 0.5
@@ -94,7 +94,7 @@ class CachedImages(Dataset):
         name: str = "train",
         num_workers: int = 0,
     ) -> None:
-        self.dataset, self.name = dataset, name
+        self.dataset, self.name, self.resize = dataset, name, resize
         images, labels, self.paths = [], [], []
         # Its own generator: an iterator draws a seed, and the global stream must stay as an uncached fit leaves it.
         loader = DataLoader(
@@ -144,6 +144,38 @@ class CachedImages(Dataset):
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def check_cached_resize(pl_module: LightningModule) -> None:
+    """Refuse a fit whose image cache was filled with another resize than the model's (restored) pre-processor's.
+
+    Lightning fills the cache (``setup``) before it restores a checkpoint, so resuming a fit with model arguments
+    that differ from the checkpoint's (e.g. ``antialias``, whose default changed) would train on other pixels than
+    the checkpoint's pre-processor, and its export, use.
+
+    Raises:
+        ValueError: Naming both resizes and what to pass.
+    """
+    trainer = getattr(pl_module, "_trainer", None)
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    resize = _resize_of(pl_module)
+    for split in SPLITS:
+        data = getattr(datamodule, split, None)
+        if not isinstance(data, CachedImages) or _resize_settings(data.resize) == _resize_settings(resize):
+            continue
+        msg = (
+            f"Image cache ({data.name}): filled with {data.resize}, but the checkpoint's pre-processor resizes with "
+            f"{resize}. Give the model the checkpoint's settings (e.g. --model.antialias "
+            f"{str(bool(getattr(resize, 'antialias', False))).lower()}), or turn the cache off "
+            "(--model.cache_images false)."
+        )
+        raise ValueError(msg)
+
+
+def _resize_settings(resize: Resize | None) -> tuple | None:
+    if resize is None:
+        return None
+    return (tuple(resize.size or ()), str(resize.interpolation), bool(resize.antialias), resize.max_size)
 
 
 def _deterministic(transform: Transform | None) -> bool:

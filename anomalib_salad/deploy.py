@@ -58,6 +58,9 @@ INPUT_LAYOUTS: tuple[str, ...] = ("HW", "HWC", "CHW", "NHWC", "NCHW")
 DEPLOY_READER = ReaderConfig(require_bit_depth=True)
 
 
+#: Metadata of exports written on 2026-12-01 only, whose graph resized without the antialiasing they were trained with.
+_RESIZE_IN_FRONT_KEY = "salad_antialias_resize"
+
 class InputImageError(ValueError):
     """An image cannot be turned into the exported model's ``(N, 3, H, W)`` input."""
 
@@ -314,6 +317,12 @@ class SaladInferencer:
         shape = model.inputs[0].get_partial_shape()
         if shape.rank.is_static and (shape.rank.get_length() != 4 or not shape[1].compatible(ov.Dimension(3))):
             msg = f"{path}: input shape {shape} is not (N, 3, H, W)"
+            raise CheckpointError(msg)
+        if model.has_rt_info(["framework", _RESIZE_IN_FRONT_KEY]):
+            msg = (
+                f"{path} was exported by a development version (2026-12-01) that expected its inputs resized before "
+                "the graph; export it again from its checkpoint, which now puts that resize into the graph"
+            )
             raise CheckpointError(msg)
         properties = dict(config or {})
         if precision_hint is not None:

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from .cache import ImageCache
+from .cache import ImageCache, check_cached_resize
 from .checkpoint import read_salad_checkpoint
 from .hardware import native_bf16
 from .image_io import ImageFileCheck, ReaderVisualizer
@@ -705,6 +705,7 @@ class Salad(AnomalibModule):
                 PostProcessor.__name__ in saved_with and type(self.post_processor).__name__ not in saved_with
             )
         super().on_load_checkpoint(checkpoint)  # a "clamp" saved with the post-processor's settings has the last word
+        check_cached_resize(self)  # the cache was filled before the checkpoint's pre-processor came back
         self._match_discriminator_depth(checkpoint.get("state_dict", {}))
         states = checkpoint.get(RNG_KEY)
         if states is None or self._trainer is None or self.trainer.state.fn != "fit":

@@ -171,14 +171,16 @@ class ScoreCurves(Callback):
             return {}
         model, total = pl_module.model, 0.0
         score, scores = model.score, {name: [] for name in SCORES}
-        for chunk in self.val_normal.split(128):
-            transformed = pl_module.pre_processor.transform(chunk)
-            images = model.to_network_input(transformed)
-            total += float(pl_module.structure_loss(images, model.decoder(model.encoder(images)))) * len(chunk)
-            for name, values in scores.items():
-                model.score = name
-                values.append(model(transformed).pred_score.float().cpu())
-        model.score = score
+        try:
+            for chunk in self.val_normal.split(128):
+                transformed = pl_module.pre_processor.transform(chunk)
+                images = model.to_network_input(transformed)
+                total += float(pl_module.structure_loss(images, model.decoder(model.encoder(images)))) * len(chunk)
+                for name, values in scores.items():
+                    model.score = name
+                    values.append(model(transformed).pred_score.float().cpu())
+        finally:
+            model.score = score
         brightness = self.val_normal.float().mean(dim=(1, 2, 3)).cpu()
         return {"heldout_normal_str": round(total / len(self.val_normal), 5)} | {
             f"normal_brightness_{name}": round(spearman(torch.cat(values), brightness), 4)

@@ -29,6 +29,7 @@ HEALTH_COLUMNS = {
     "center_norm": "center norm",
     "normal_to_center": "normal-to-center",
     "normal_brightness_feature": "A_F~brightness",
+    "normal_brightness_image": "A_I~brightness",
     "normal_brightness_center": "A_C~brightness",
 }
 #: Label-free checkpoint rules: the signal logged on held-out normal images, and how the rule reads it.

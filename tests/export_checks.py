@@ -655,6 +655,15 @@ def test_antialiased_model_deploys_with_its_training_pixels(
     assert np.abs(plain_scores - reference["pred_score"]).max() > 100 * ATOL
 
 
+def test_export_that_expected_a_resize_in_front_is_refused(exports: dict[str, Path], tmp_path: Path) -> None:
+    # Exports of 2026-12-01 named their size in this entry and relied on the deployment to resize first.
+    model = ov.Core().read_model(exports["openvino"])
+    model.set_rt_info("32,32", ["framework", "salad_antialias_resize"])
+    ov.save_model(model, tmp_path / "old.xml")
+    with pytest.raises(CheckpointError, match="export it again from its checkpoint"):
+        SaladInferencer(tmp_path / "old.xml")
+
+
 def test_antialiased_model_exports_at_a_fixed_size_and_keeps_the_resize(
     antialiased: dict[str, Any], tmp_path: Path
 ) -> None:

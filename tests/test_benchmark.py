@@ -167,6 +167,12 @@ def test_models_and_data_build_from_any_class_path_without_touching_anomalibs_al
         }
     )
     assert tuple(model.input_size) == (32, 32)
+    # A top-level image_size rebuilds the pre-processor; Salad's antialias setting still reaches it.
+    for antialias in (True, False):
+        init_args = {**TINY_SALAD, "antialias": antialias}
+        config = {"class_path": "anomalib_salad.Salad", "image_size": 48, "init_args": init_args}
+        resize = build_model(config).pre_processor.transform.transforms[0]
+        assert (tuple(resize.size), resize.antialias) == ((48, 48), antialias)
     assert (
         type(
             build_datamodule({"class_path": "Folder", "init_args": {"name": "x", "root": "x", "normal_dir": "x"}})

@@ -126,3 +126,17 @@ def test_nan_loss_can_skip_batches(tiny_scans: Path, tmp_path: Path) -> None:
     assert model.nonfinite_steps == 1  # 40 images / 16 = 3 batches: the third one is skipped
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(model.model.center).all()
+
+
+def test_resume_with_another_resize_than_the_checkpoint_is_refused(tiny_scans: Path, tmp_path: Path) -> None:
+    # The image cache is filled before Lightning restores the checkpoint's pre-processor: a fit that resumed with
+    # other resize settings (e.g. relying on the antialias default, which changed) would train on other pixels.
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(Salad(**TINY, antialias=False), datamodule=_folder(tiny_scans))
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    engine = Engine(max_epochs=2, default_root_dir=tmp_path / "resumed", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"Image cache \(train\): filled with .*--model.antialias false"):
+        engine.fit(Salad(**TINY), datamodule=_folder(tiny_scans), ckpt_path=checkpoint)
+    engine = Engine(max_epochs=2, default_root_dir=tmp_path / "resumed", logger=False, enable_progress_bar=False)
+    engine.fit(Salad(**TINY, antialias=False), datamodule=_folder(tiny_scans), ckpt_path=checkpoint)
+    assert engine.trainer.current_epoch == 2
