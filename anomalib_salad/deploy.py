@@ -7,7 +7,7 @@ export of checkpoints is :mod:`anomalib_salad.export` (it needs the training sta
 loads its torch classes lazily. Files are read by :mod:`anomalib_salad.reader`, the
   reader that training uses too; ``salad-score`` (:mod:`anomalib_salad.score`) scores whole archives.
 
-The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (bicubic),
+The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (antialiased bicubic),
 scales to ``[-1, 1]``, converts to grayscale, scores, and min-max normalises with the threshold fitted on
 the validation set, so ``pred_score`` lies in ``[0, 1]`` with the decision threshold at ``0.5``.
 :class:`SaladInferencer` also takes channels-last and uint8 batches as they are read: OpenVINO's
