@@ -166,6 +166,12 @@ class Salad(AnomalibModule):
             (:class:`~anomalib_salad.pre_processing.AntialiasedResize`), so every deployment sees the training
             pixels. ``False``: plain bicubic, the earlier default (checkpoints keep the resize they were trained
             with). Defaults to ``True``.
+        mean_intensity: Brightness normalisation, not in the paper: scale each image so that its mean intensity
+            on the [0, 1] scale is this value (black stays black; clipped at white) in the model, so training,
+            scoring and every export apply it. On brain MRI, normal and tumour slices come from collections of
+            different brightness, and A_F learns that brightness late in training (docs/results.md); set it near
+            the training images' mean intensity (0.23 there) to take that cue away. ``None`` (the paper) leaves
+            the images as they are. Defaults to ``None``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -211,6 +217,7 @@ class Salad(AnomalibModule):
         channels_last: bool = False,
         compile_networks: bool = False,
         antialias: bool = True,
+        mean_intensity: float | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -249,6 +256,7 @@ class Salad(AnomalibModule):
             disc_layers=disc_layers,
             feature_disc_hidden=feature_disc_hidden,
             score=score,
+            mean_intensity=mean_intensity,
         )
         self.structure_loss = StructureLoss(structure_loss)
         self.center_loss = CenterLoss(center_rate)

@@ -30,6 +30,7 @@ __all__ = [
     "PhaseConvTranspose2d",
     "SaladModel",
     "ScoreType",
+    "match_mean_intensity",
     "patch_discriminator_layers",
     "patch_receptive_field",
 ]
@@ -318,6 +319,23 @@ class FeatureDiscriminator(nn.Module):
         return self.layers(latent)
 
 
+def match_mean_intensity(images: Tensor, target: float) -> Tensor:
+    """Scale each ``[-1, 1]`` image's intensities (as ``[0, 1]``) so that their mean is ``target``; clip at white.
+
+    A multiplicative change keeps black background black and every contrast ratio, so anatomy is unchanged while
+    the whole-image brightness, which differs between scanners and collections, is gone. An all-black image stays
+    black.
+
+    Example:
+        >>> images = torch.tensor([[[[-1.0, 0.0]]], [[[-1.0, -0.5]]]])  # [0, 1] means 0.25 and 0.125
+        >>> match_mean_intensity(images, 0.25).flatten().tolist()
+        [-1.0, 0.0, -1.0, 0.0]
+    """
+    unit = (images + 1) / 2
+    mean = unit.mean(dim=(1, 2, 3), keepdim=True)
+    return (unit * (target / mean.clamp(min=1e-6))).clamp(max=1) * 2 - 1
+
+
 class SaladModel(nn.Module):
     """SALAD's networks and its test-time scoring.
 
@@ -339,6 +357,10 @@ class SaladModel(nn.Module):
         score: Anomaly score (Table V): ``"feature"`` is A_F = mean |E(x) - E(D(E(x)))| (the paper's
             choice), ``"image"`` A_I = mean |x - D(E(x))|, ``"center"`` A_C = mean |E(x) - C|.
             Defaults to ``"feature"``.
+        mean_intensity: Scale every image so that its mean intensity (on the [0, 1] scale, where black stays
+            black) is this value, clipping at white, before the networks see it: :func:`match_mean_intensity`.
+            It removes whole-image brightness, a cue that separates collections rather than anatomy.
+            ``None`` (the paper) leaves images as they are. Defaults to ``None``.
     """
 
     def __init__(
@@ -354,9 +376,13 @@ class SaladModel(nn.Module):
         disc_layers: int | None = None,
         feature_disc_hidden: Sequence[int] = (512, 256),
         score: ScoreType = "feature",
+        mean_intensity: float | None = None,
     ) -> None:
         super().__init__()
         levels = num_levels(image_size)
+        if mean_intensity is not None and not 0 < mean_intensity < 1:
+            msg = f"mean_intensity must be in (0, 1) (the [0, 1] intensity scale) or None, got {mean_intensity}"
+            raise ValueError(msg)
         if score not in {"feature", "image", "center"}:
             msg = f"score must be 'feature', 'image' or 'center', got {score!r}"
             raise ValueError(msg)
@@ -366,6 +392,7 @@ class SaladModel(nn.Module):
         self.image_size = image_size
         self.latent_dim = latent_dim
         self.score = score
+        self.mean_intensity = mean_intensity
         widths = {"base_channels": base_channels, "max_channels": max_channels, "latent_dim": latent_dim}
         self.encoder = Encoder(image_size, **widths)
         self.decoder = Decoder(image_size, **widths)
@@ -409,7 +436,7 @@ class SaladModel(nn.Module):
             check_finite: Look for NaN/Inf values (reads the batch back to the host). Defaults to ``True``.
 
         Returns:
-            Tensor: ``(B, 1, S, S)``.
+            Tensor: ``(B, 1, S, S)``, brightness-matched when the model has a ``mean_intensity``.
 
         Raises:
             TypeError: If ``images`` is not a floating-point tensor.
@@ -444,7 +471,8 @@ class SaladModel(nn.Module):
             raise NonFiniteInputError(msg)
         if images.dtype != self.center.dtype:  # float16/float64 input on a float32 model (dtype is static)
             images = images.to(self.center.dtype)
-        return rgb_to_grayscale(images) if channels == 3 else images
+        images = rgb_to_grayscale(images) if channels == 3 else images
+        return images if self.mean_intensity is None else match_mean_intensity(images, self.mean_intensity)
 
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """One image -> latent -> image pass: ``(z, x_hat)`` for network-ready images."""

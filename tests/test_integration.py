@@ -93,6 +93,16 @@ def test_checkpoint_reload_gives_the_same_scores(trained: tuple[Engine, Salad, P
     assert reloaded.hparams.image_size == 32
 
 
+def test_mean_intensity_is_restored_from_the_checkpoint(tiny_scans: Path, tmp_path: Path) -> None:
+    engine = _engine(tmp_path, epochs=1)
+    engine.fit(Salad(**TINY, mean_intensity=0.3), datamodule=_folder(tiny_scans))
+    reloaded = Salad.load_from_checkpoint(engine.trainer.checkpoint_callback.best_model_path).eval()
+    assert reloaded.model.mean_intensity == 0.3
+    images = torch.rand(2, 3, 45, 50) * 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(images).pred_score, reloaded(images * 2).pred_score)
+
+
 def test_python_api_train(tiny_scans: Path, tmp_path: Path) -> None:
     """`Engine().train(Salad(), datamodule=Folder(...))`, as in the README."""
     engine = _engine(tmp_path, epochs=1)

@@ -107,6 +107,28 @@ def test_center_is_a_buffer_in_the_state_dict() -> None:
     assert all(name != "center" for name, _ in model.named_parameters())
 
 
+def test_mean_intensity_removes_whole_image_brightness() -> None:
+    unit = torch.rand(3, 1, 32, 32) * 0.5  # dark enough that doubling clips nothing
+    dark, bright = unit * 2 - 1, unit * 2 * 2 - 1
+    matched = SaladModel(**TINY, mean_intensity=0.3).eval()
+    plain = SaladModel(**TINY).eval()
+    plain.load_state_dict(matched.state_dict())
+    torch.testing.assert_close(matched(dark).pred_score, matched(bright).pred_score)
+    assert not torch.allclose(plain(dark).pred_score, plain(bright).pred_score)
+    network_input = matched.to_network_input(dark)
+    torch.testing.assert_close(((network_input + 1) / 2).mean(dim=(1, 2, 3)), torch.full((3,), 0.3))
+    assert network_input.max() <= 1
+    torch.testing.assert_close(matched.to_network_input(-torch.ones(1, 1, 32, 32)), -torch.ones(1, 1, 32, 32))
+    exported = torch.export.export(matched, (dark,))
+    torch.testing.assert_close(exported.module()(bright).pred_score, matched(bright).pred_score)
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.2, 40.0])
+def test_mean_intensity_outside_the_unit_scale_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match=r"mean_intensity must be in \(0, 1\)"):
+        SaladModel(**TINY, mean_intensity=value)
+
+
 def test_eval_forward_is_exportable() -> None:
     model = SaladModel(**TINY).eval()
     exported = torch.export.export(model, (torch.rand(2, 3, 32, 32),))
