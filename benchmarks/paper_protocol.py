@@ -15,7 +15,9 @@ interrupted run keeps what it measured):
   images (``normal_brightness_*``: a score that ranks normal scans by brightness carries a collection shortcut);
 * ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
   specificity at the best-F1 threshold), train images/s, the command (the columns of ``docs/results/``) and the
-  intensity-matched AUROC.
+  intensity-matched AUROC;
+* ``--scores-out DIR``: at the end, ``DIR/<score>.csv`` (image_path, gt_label, pred_score) of the test images, the
+  files ``examples/figures.py roc --scores`` draws.
 
 GANomaly's training and validation images are decoded once, as SALAD's are (:class:`~anomalib_salad.cache.ImageCache`,
 bit-identical pixels); ``--resume CKPT`` continues an interrupted run.
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import yaml
 from anomalib.data import Folder
@@ -230,6 +233,7 @@ def main() -> None:
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--curve-csv", type=Path)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/paper_protocol"))
+    parser.add_argument("--scores-out", type=Path, metavar="DIR", help="write DIR/<score>.csv of the test images")
     parser.add_argument(
         "--resume",
         type=Path,
@@ -290,6 +294,11 @@ def main() -> None:
         )
         print(f"{name} seed {args.seed} {score}: AUROC {rows[-1]['auroc']}", flush=True)
     _append(args.csv, rows, COLUMNS)
+    if args.scores_out:
+        args.scores_out.mkdir(parents=True, exist_ok=True)
+        for score, values in scores.items():
+            frame = {"image_path": test.paths, "gt_label": target.tolist(), "pred_score": values.tolist()}
+            pd.DataFrame(frame).to_csv(args.scores_out / f"{score}.csv", index=False)
     print(f"fit {fit_seconds / 60:.1f} min, {images_per_s:.1f} train images/s (validation and curves included)")
 
 

@@ -17,6 +17,7 @@ from anomalib.data import ImageBatch
 from anomalib.models import ALLOWED_MODULES, UnknownModelError
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
 from anomalib.post_processing import PostProcessor
+from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
 from anomalib_salad.benchmark import (
@@ -457,6 +458,7 @@ def test_paper_protocol_trains_ganomaly_from_the_image_cache(
                                                           "data": {"init_args": data}}))
     argv = ["paper_protocol.py", "--config", str(tmp_path / "config.yaml"), "--model", "ganomaly", "--epochs", "1"]
     argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
+    argv += ["--scores-out", str(tmp_path / "scores")]
     monkeypatch.setattr(sys, "argv", [*argv, "--work-dir", str(tmp_path / "work")])
     with caplog.at_level(logging.INFO, logger="anomalib_salad.cache"):
         _load_benchmark_script("paper_protocol").main()
@@ -464,6 +466,12 @@ def test_paper_protocol_trains_ganomaly_from_the_image_cache(
     rows, curves = pd.read_csv(tmp_path / "rows.csv"), pd.read_csv(tmp_path / "curves.csv")
     assert rows["score"].tolist() == ["score"]
     assert rows["auroc"].between(0, 1).all()
+    # The per-image scores behind the row: the same AUROC, from files figures.py draws.
+    scores = pd.read_csv(tmp_path / "scores" / "score.csv")
+    assert len(scores) == 20  # the test half of the 40 tiny test scans
+    assert scores["image_path"].map(lambda path: Path(path).is_file()).all()
+    auroc = binary_auroc(torch.tensor(scores["pred_score"].values), torch.tensor(scores["gt_label"].values))
+    assert float(auroc) == pytest.approx(rows["auroc"].iloc[0], abs=1e-4)
     assert curves["auroc_score"].between(0, 1).all()
 
 
