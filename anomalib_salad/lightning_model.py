@@ -170,8 +170,8 @@ class Salad(AnomalibModule):
             on the [0, 1] scale is this value (black stays black; clipped at white) in the model, so training,
             scoring and every export apply it. On brain MRI, normal and tumour slices come from collections of
             different brightness, and A_F learns that brightness late in training (docs/results.md); set it near
-            the training images' mean intensity (0.23 there) to take that cue away. ``None`` (the paper) leaves
-            the images as they are. Defaults to ``None``.
+            the training images' mean intensity (0.23 there) to take that cue away; the anomaly map is then the
+            residual of the matched image. ``None`` (the paper) leaves the images as they are. Defaults to ``None``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
