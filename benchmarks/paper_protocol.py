@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import yaml
 from anomalib.data import Folder
@@ -48,7 +47,7 @@ from anomalib_salad.cache import CachedImages, ImageCache, _resize_of
 from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rescore import SCORES, raw_scores
+from rescore import SCORES, raw_scores, write_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [
@@ -295,10 +294,7 @@ def main() -> None:
         print(f"{name} seed {args.seed} {score}: AUROC {rows[-1]['auroc']}", flush=True)
     _append(args.csv, rows, COLUMNS)
     if args.scores_out:
-        args.scores_out.mkdir(parents=True, exist_ok=True)
-        for score, values in scores.items():
-            frame = {"image_path": test.paths, "gt_label": target.tolist(), "pred_score": values.tolist()}
-            pd.DataFrame(frame).to_csv(args.scores_out / f"{score}.csv", index=False)
+        write_scores(args.scores_out, test.paths, target, scores)
     print(f"fit {fit_seconds / 60:.1f} min, {images_per_s:.1f} train images/s (validation and curves included)")
 
 

@@ -46,6 +46,15 @@ def raw_scores(model: Salad, dataloader: Iterable[Batch], scores: Iterable[str])
     return {name: torch.cat(collected) for name, collected in values.items()}, torch.cat(labels).int()
 
 
+def write_scores(directory: Path, paths: list[str], target: torch.Tensor, scores: dict[str, torch.Tensor]) -> None:
+    """``directory/<score>.csv`` (image_path, gt_label, pred_score) per score: the files ``figures.py roc`` draws."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [str(path) for path in paths]
+    for name, values in scores.items():
+        frame = {"image_path": paths, "gt_label": target.tolist(), "pred_score": values.tolist()}
+        pd.DataFrame(frame).to_csv(directory / f"{name}.csv", index=False)
+
+
 def main() -> None:
     """Load, score the whole test folder with each score, print AUROC and the normal/abnormal means."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,11 +74,8 @@ def main() -> None:
         values = scores[name]
         print(f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
               f"{float(values[target == 1].mean()):>14.5f}")
-        if args.scores_out:
-            args.scores_out.mkdir(parents=True, exist_ok=True)
-            paths = [str(path) for path in datamodule.test_data.samples["image_path"]]
-            frame = {"image_path": paths, "gt_label": target.tolist(), "pred_score": values.tolist()}
-            pd.DataFrame(frame).to_csv(args.scores_out / f"{name}.csv", index=False)
+    if args.scores_out:
+        write_scores(args.scores_out, list(datamodule.test_data.samples["image_path"]), target, scores)
 
 
 if __name__ == "__main__":
