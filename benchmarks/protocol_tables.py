@@ -63,7 +63,8 @@ def summary_table(results: pd.DataFrame) -> str:
         per_seed = " / ".join(f"{value:.3f}" for value in rows["auroc"])
         metrics = " | ".join(f"{rows[name].mean():.3f}" for name in ("f1", "accuracy", "sensitivity", "specificity"))
         speed = rows["train_images_per_s"].dropna()
-        speed_text = f"{speed.mean():.1f}" if len(speed) else ""
+        # Per run, not a mean: seeds may have trained on different CPU kinds (docs/results.md names each).
+        speed_text = " / ".join(f"{value:.1f}" for value in speed)
         matched = rows["auroc_intensity_matched"].dropna()
         matched_text = _spread(matched) if len(matched) else ""
         lines.append(

@@ -500,6 +500,22 @@ def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
     ]
 
 
+def test_summary_table_lists_each_runs_speed() -> None:
+    """Seeds may have trained on different CPU kinds: their speeds are listed, not averaged."""
+    tables = _load_benchmark_script("protocol_tables")
+    metrics = {"f1": 0.7, "accuracy": 0.6, "sensitivity": 0.9, "specificity": 0.3}
+    results = pd.DataFrame(
+        [
+            {"model": "salad", "score": "feature", "seed": 0, "auroc": 0.5, "train_images_per_s": 60.0, **metrics},
+            {"model": "salad", "score": "feature", "seed": 1, "auroc": 0.7, "train_images_per_s": None, **metrics},
+            {"model": "salad", "score": "feature", "seed": 2, "auroc": 0.6, "train_images_per_s": 110.0, **metrics},
+        ]
+    )
+    cells = tables.summary_table(results).splitlines()[2].split(" | ")
+    assert cells[3:5] == ["0.600 ± 0.100", "0.500 / 0.700 / 0.600"]
+    assert cells[-2:] == ["60.0 / 110.0", " |"]
+
+
 def test_profile_step_names_each_network_and_loss() -> None:
     profile_step = _load_benchmark_script("profile_step")
     model = Salad(**TINY)
