@@ -49,7 +49,7 @@ from .loss import (
     discriminator_loss,
     generator_adversarial_loss,
 )
-from .metrics import AUROC, paper_metrics
+from .metrics import AUROC, NormalBrightnessCorrelation, NormalBrightnessShortcut, paper_metrics
 from .post_processing import RankPreservingPostProcessor, fitted_post_processing
 from .pre_processing import SaladPreProcessor, antialiased_export
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
@@ -328,10 +328,17 @@ class Salad(AnomalibModule):
 
         Test: AUROC, and F1 / accuracy / sensitivity / specificity both at the best-F1 threshold (the paper's
         protocol) and at anomalib's validation-fitted threshold; see :func:`anomalib_salad.metrics.paper_metrics`.
-        Validation AUROC is there so that early stopping on ``image_AUROC`` works.
+        Validation AUROC is there so that early stopping on ``image_AUROC`` works. Validation also logs the
+        label-free brightness-shortcut signal of the normal images, signed and as its size
+        (``image_NormalBrightnessCorrelation``, ``image_NormalBrightnessShortcut``; see
+        :class:`~anomalib_salad.metrics.NormalBrightnessCorrelation`).
         """
         test_metrics = [*paper_metrics(), AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
-        val_metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
+        val_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            NormalBrightnessCorrelation(prefix="image_"),
+            NormalBrightnessShortcut(prefix="image_"),
+        ]
         return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
 
     def configure_callbacks(self) -> list[Callback]:

@@ -5,14 +5,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from anomalib.data import Folder
 from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomalib_salad import Salad
 from anomalib_salad.export import load_salad_checkpoint
+from anomalib_salad.metrics import spearman
 
 from .conftest import TINY
 
@@ -101,6 +105,45 @@ def test_mean_intensity_is_restored_from_the_checkpoint(tiny_scans: Path, tmp_pa
     images = torch.rand(2, 3, 45, 50) * 0.5
     with torch.no_grad():
         torch.testing.assert_close(reloaded(images).pred_score, reloaded(images * 2).pred_score)
+
+
+class _ValidationOutputs(Callback):
+    """Keeps each validation epoch's scores, labels and mean image intensities, as the model returned them."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[tuple[torch.Tensor, ...]]] = []
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epochs.append([])
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        brightness = outputs.image.mean(dim=(1, 2, 3))
+        self.epochs[-1].append((outputs.pred_score.flatten(), outputs.gt_label.flatten(), brightness))
+
+
+def test_validation_logs_the_brightness_shortcut_for_a_label_free_checkpoint(tiny_scans: Path, tmp_path: Path) -> None:
+    """Validation logs rho(score, brightness) over its normal images; ModelCheckpoint can keep the epoch where
+    its size is smallest (the label-free rule of docs/results.md)."""
+    outputs = _ValidationOutputs()
+    label_free = ModelCheckpoint(
+        dirpath=tmp_path / "label_free", monitor="image_NormalBrightnessShortcut", mode="min", save_top_k=1
+    )
+    engine = Engine(
+        max_epochs=3, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+        callbacks=[outputs, label_free],
+    )
+    engine.fit(Salad(**TINY), datamodule=_folder(tiny_scans))
+    expected = []
+    for epoch in outputs.epochs:
+        scores, labels, brightness = (torch.cat(column) for column in zip(*epoch, strict=True))
+        assert (labels == 0).sum() >= 3  # the validation split holds normal images...
+        assert (labels == 1).any()  # ...and abnormal ones, which must not count
+        expected.append(spearman(scores[labels == 0], brightness[labels == 0]))
+    metrics = engine.trainer.callback_metrics
+    assert float(metrics["image_NormalBrightnessCorrelation"]) == pytest.approx(expected[-1], abs=1e-5)
+    assert float(metrics["image_NormalBrightnessShortcut"]) == pytest.approx(abs(expected[-1]), abs=1e-5)
+    assert float(label_free.best_model_score) == pytest.approx(min(map(abs, expected)), abs=1e-5)
+    assert Path(label_free.best_model_path).is_file()
 
 
 def test_python_api_train(tiny_scans: Path, tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from anomalib_salad.metrics import (
     BestF1Score,
     BestF1Sensitivity,
     BestF1Specificity,
+    NormalBrightnessCorrelation,
+    NormalBrightnessShortcut,
     Sensitivity,
     Specificity,
     best_f1_statistics,
@@ -197,3 +199,34 @@ def test_intensity_matched_auroc_removes_a_brightness_shortcut() -> None:
     # Raw scores far above 1 keep their order (binary_auroc alone would squash them through a sigmoid into ties).
     big = 100 + 10 * lesion
     assert matched_auroc(big, labels, brightness) == pytest.approx(matched_auroc(lesion, labels, brightness))
+
+
+def test_normal_brightness_correlation_reads_normal_images_only() -> None:
+    """Abnormal images never count; the value is Spearman's rho over all batches; its size is the shortcut."""
+    correlation, shortcut = NormalBrightnessCorrelation(), NormalBrightnessShortcut()
+    brightness = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.7, 0.2])
+    scores = -brightness**3  # darker normal images score higher: rho = -1 whatever the scale
+    labels = torch.tensor([0, 0, 0, 0, 0, 0])
+    for part in (slice(0, 4), slice(4, 6)):
+        images = brightness[part].view(-1, 1, 1, 1).expand(-1, 3, 8, 8)
+        # Abnormal images that would flip the sign if they were counted.
+        batch = ImageBatch(
+            image=torch.cat([images, torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 3, 8, 8)]),
+            gt_label=torch.cat([labels[part], torch.tensor([1, 1])]),
+            pred_score=torch.cat([scores[part], torch.tensor([-5.0, 5.0])]),
+        )
+        correlation.update(batch)
+        shortcut.update(batch)
+    assert float(correlation.compute()) == pytest.approx(-1.0)
+    assert float(shortcut.compute()) == pytest.approx(1.0)
+    assert shortcut.name == "NormalBrightnessShortcut"
+
+
+def test_normal_brightness_correlation_with_too_few_normal_images_is_nan() -> None:
+    metric = NormalBrightnessCorrelation()
+    metric.update(
+        ImageBatch(
+            image=torch.rand(3, 3, 8, 8), gt_label=torch.tensor([0, 0, 1]), pred_score=torch.tensor([0.1, 0.2, 0.3])
+        )
+    )
+    assert torch.isnan(metric.compute())
