@@ -269,6 +269,13 @@ def main() -> None:
     engine.fit(model, datamodule=datamodule, ckpt_path=args.resume)
     fit_seconds = time.perf_counter() - start
     images_per_s = curves.trained_images / fit_seconds
+    if engine.trainer.interrupted or engine.trainer.current_epoch < args.epochs:
+        # A stopped run (Ctrl-C, SIGTERM, a timeout) must not pass for the full schedule: its curve rows stand,
+        # its final rows are not written.
+        sys.exit(
+            f"stopped after epoch {engine.trainer.current_epoch} of {args.epochs}: no final rows written to {args.csv};"
+            f" the curve rows so far are in {args.curve_csv}; continue with --resume <checkpoint>"
+        )
 
     model.eval()
     test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")

@@ -17,6 +17,7 @@ from anomalib.data import ImageBatch
 from anomalib.models import ALLOWED_MODULES, UnknownModelError
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
 from anomalib.post_processing import PostProcessor
+from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
@@ -391,10 +392,8 @@ def _load_benchmark_script(name: str):
     return module
 
 
-@pytest.mark.parametrize("cache", ["true", "false"])  # the validation split cached by the model, or not
-def test_paper_protocol_end_to_end_with_label_free_rule(
-    cache: str, tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _tiny_protocol_config(tiny_scans: Path, tmp_path: Path) -> Path:
+    """A SALAD protocol config on the tiny scans, written to ``tmp_path / "config.yaml"``."""
     config = {
         "model": {"init_args": {**TINY, "feature_disc_hidden": list(TINY["feature_disc_hidden"])}},
         "data": {
@@ -414,8 +413,16 @@ def test_paper_protocol_end_to_end_with_label_free_rule(
         },
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path / "config.yaml"
+
+
+@pytest.mark.parametrize("cache", ["true", "false"])  # the validation split cached by the model, or not
+def test_paper_protocol_end_to_end_with_label_free_rule(
+    cache: str, tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_path = _tiny_protocol_config(tiny_scans, tmp_path)
     protocol, tables = _load_benchmark_script("paper_protocol"), _load_benchmark_script("protocol_tables")
-    argv = ["paper_protocol.py", "--config", str(tmp_path / "config.yaml"), "--epochs", "2", "--every", "1"]
+    argv = ["paper_protocol.py", "--config", str(config_path), "--epochs", "2", "--every", "1"]
     argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
     argv += ["--work-dir", str(tmp_path / "work"), "--set", "antialias=true", f"cache_images={cache}"]
     monkeypatch.setattr(sys, "argv", argv)
@@ -446,6 +453,27 @@ def test_paper_protocol_end_to_end_with_label_free_rule(
     rows = pd.read_csv(tmp_path / "rows.csv")
     assert rows["epochs"].tolist() == [2, 2, 2, 3, 3, 3]
     assert rows["train_images_per_s"].gt(0).all()
+
+
+def test_paper_protocol_writes_no_final_rows_for_a_stopped_run(
+    tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    protocol = _load_benchmark_script("paper_protocol")
+
+    class StopAfterOneEpoch(protocol.ScoreCurves):
+        def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+            super().on_train_epoch_end(trainer, pl_module)
+            trainer.should_stop = True  # as an early stop would
+
+    monkeypatch.setattr(protocol, "ScoreCurves", StopAfterOneEpoch)
+    argv = ["paper_protocol.py", "--config", str(_tiny_protocol_config(tiny_scans, tmp_path)), "--epochs", "3"]
+    argv += ["--every", "1", "--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--work-dir", str(tmp_path / "work")])
+    with pytest.raises(SystemExit, match="stopped after epoch 1 of 3: no final rows"):
+        protocol.main()
+    # What it measured stays; nothing claims the full schedule.
+    assert pd.read_csv(tmp_path / "curves.csv")["epoch"].tolist() == [1]
+    assert not (tmp_path / "rows.csv").exists()
 
 
 def test_paper_protocol_trains_ganomaly_from_the_image_cache(
