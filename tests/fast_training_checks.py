@@ -1,5 +1,7 @@
 """The fast training path: PatchGAN scaled to the image, the decode-once image cache, precision, deferred checks."""
 
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from torchvision.transforms.v2 import ColorJitter
 from anomalib_salad import Salad, lightning_model
 from anomalib_salad import cache as cache_module
 from anomalib_salad.cache import CachedImages, CacheTooLargeError, ImageCache
-from anomalib_salad.hardware import native_bf16
+from anomalib_salad.hardware import PrecisionTiming, faster_in_bf16, native_bf16
 from anomalib_salad.torch_model import patch_discriminator_layers, patch_receptive_field
 
 from .conftest import TINY
@@ -141,6 +143,8 @@ def test_auto_precision_trains_in_bf16_where_native(
     tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lightning_model, "native_bf16", lambda device: (True, "CPU flags amx_bf16"))
+    monkeypatch.setattr(lightning_model, "faster_in_bf16", lambda forward, device: PrecisionTiming(True, 2.0, 1.0))
+    monkeypatch.setattr(lightning_model, "_PRECISION_TIMINGS", {})  # nothing measured earlier in the process
     model = Salad(**TINY, shuffle_tiles=10)
     seen = []
     encoder_forward = model.model.encoder.forward
@@ -156,6 +160,57 @@ def test_auto_precision_trains_in_bf16_where_native(
     assert torch.bfloat16 in seen  # training ran under autocast ...
     assert seen[-1] == torch.float32  # ... validation did not
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_auto_precision_keeps_fp32_where_bf16_is_measured_slower(
+    tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The flag alone is not enough: an AVX512-BF16 Xeon without AMX trained SALAD 0.85x as fast in bf16.
+    monkeypatch.setattr(lightning_model, "native_bf16", lambda device: (True, "CPU flags avx512_bf16"))
+    monkeypatch.setattr(lightning_model, "faster_in_bf16", lambda forward, device: PrecisionTiming(False, 0.8, 1.0))
+    monkeypatch.setattr(lightning_model, "_PRECISION_TIMINGS", {})  # nothing measured earlier in the process
+    model = Salad(**TINY)
+    with caplog.at_level(logging.INFO, logger="anomalib_salad.lightning_model"):
+        _engine(tmp_path).fit(model, datamodule=_folder(tiny_scans))
+    assert not model.bf16
+    assert "training in fp32 (CPU flags avx512_bf16; a probe step took 0.800 s in fp32, 1.000 s in bf16" in caplog.text
+    assert "0.800 s in fp32" in model.precision_evidence
+    # Pinned precisions are not second-guessed by the probe.
+    model = Salad(**TINY, train_precision="bf16")
+    _engine(tmp_path).fit(model, datamodule=_folder(tiny_scans))
+    assert model.bf16
+
+
+@pytest.mark.parametrize(("fp32_s", "bf16_s", "chosen"), [(0.03, 0.01, True), (0.01, 0.03, False), (0.02, 0.02, False)])
+def test_faster_in_bf16_times_both_precisions(fp32_s: float, bf16_s: float, chosen: bool) -> None:
+    weight = torch.ones(1, requires_grad=True)
+    calls = []
+
+    def forward() -> torch.Tensor:
+        bf16 = torch.is_autocast_enabled("cpu")
+        calls.append(bf16)
+        time.sleep(bf16_s if bf16 else fp32_s)
+        return weight.sum()
+
+    timing = faster_in_bf16(forward, torch.device("cpu"), repeats=2)
+    assert timing.bf16_is_faster is chosen  # (0.02, 0.02): even, so the 1.1x margin keeps fp32
+    assert timing.fp32_seconds == pytest.approx(fp32_s, abs=0.01)
+    assert timing.bf16_seconds == pytest.approx(bf16_s, abs=0.01)
+    assert calls == [False, True] * 3  # a warm-up each, then alternating
+    assert weight.grad is not None  # the backward pass is part of what is timed
+
+
+def test_precision_probe_leaves_the_model_and_the_random_stream_alone() -> None:
+    model = Salad(**TINY)
+    weights = {name: value.clone() for name, value in model.model.state_dict().items()}
+    random_state = torch.get_rng_state()
+    timing = model._time_precisions(torch.device("cpu"))
+    assert timing.fp32_seconds > 0
+    assert timing.bf16_seconds > 0
+    assert torch.equal(torch.get_rng_state(), random_state)  # a seeded fit draws the same numbers as without it
+    assert all(torch.equal(weights[name], value) for name, value in model.model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
+    assert model._time_precisions(torch.device("cpu")) is timing  # measured once per process and shape
 
 
 def test_native_bf16_reads_the_cpu_flags() -> None:
