@@ -505,7 +505,8 @@ class Salad(AnomalibModule):
             raise ValueError(msg)
         self.bf16 = self.train_precision == "bf16" or (self.train_precision == "auto" and native)
         if self.train_precision == "auto" and native and device.type == "cpu" and not trainer_bf16:
-            timing = self._time_precisions(device)
+            # Every DDP rank trains in rank 0's precision: timings differ between processes.
+            timing = PrecisionTiming(*self.trainer.strategy.broadcast(tuple(self._time_precisions(device)), src=0))
             self.bf16, evidence = timing.bf16_is_faster, f"{evidence}; {timing}"
         self.precision_evidence = evidence
         logger.info("Salad: training in %s (%s)", "bf16 autocast" if self.bf16 else "fp32", evidence)

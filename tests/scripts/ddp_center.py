@@ -31,7 +31,7 @@ def main() -> None:
     engine.fit(model, datamodule=datamodule)
     rank = engine.trainer.global_rank
     torch.save({"center": model.model.center, "encoder": model.model.encoder.state_dict(),
-                "world_size": engine.trainer.world_size}, out / f"center_{rank}.pt")
+                "world_size": engine.trainer.world_size, "bf16": model.bf16}, out / f"center_{rank}.pt")
 
 
 if __name__ == "__main__":
