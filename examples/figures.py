@@ -10,8 +10,9 @@ Sub-commands (each writes one PNG, ``roc`` one per dataset):
   the center loss (Fig. 7): red with, blue without; dots normal, crosses abnormal; (a) all, (b) zoomed.
 * ``roc``: ROC curves per dataset from a benchmark folder (``results.csv`` and its per-run score files, mean
   curve over seeds, AUC mean +- std in the legend; Fig. 4), or from score files given directly.
-* ``curves``: test AUROC against epoch from ``paper_protocol.py``'s curve CSVs, one panel per model, one line per
-  score (mean over seeds, the band their min-max); label-free health signals (latent spread, center norm) below.
+* ``curves``: test AUROC against epoch from ``paper_protocol.py``'s curve CSVs, one panel per model (``--models``
+  picks and orders them; four per row), one line per score (mean over seeds, the band their min-max); label-free
+  health signals (latent spread, center norm) below.
 * ``all``: everything the given arguments allow.
 
 A Folder dataset is ``ROOT/train/normal``, ``ROOT/test/normal`` and ``ROOT/test/abnormal`` unless the ``--*-dir``
@@ -289,20 +290,35 @@ def figures_roc_from_benchmark(benchmark_dir: Path, out_dir: Path) -> list[Path]
 CURVE_SCORES = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A_C", "auroc_score": "score"}
 
 
-def figure_curves(curve_csvs: Sequence[Path], out: Path) -> Path:
+def figure_curves(
+    curve_csvs: Sequence[Path], out: Path, models: Sequence[str] | None = None, columns: int = 4
+) -> Path:
     """Test AUROC per score against epoch for each model (mean over seeds, min-max band), health signals below.
 
     Where a run logged the intensity-matched AUROC (``matched_*``), its mean is drawn dotted in the score's colour.
+    ``models`` keeps only those models, in that order (all by default); panels wrap after ``columns`` models.
     """
     frame = pd.concat([pd.read_csv(path) for path in curve_csvs], ignore_index=True)
-    models = list(dict.fromkeys(frame["model"]))
+    found = list(dict.fromkeys(frame["model"]))
+    missing = [model for model in models or [] if model not in found]
+    if missing:
+        msg = f"no curve rows for model(s) {missing} in {[str(path) for path in curve_csvs]}; found {found}"
+        raise ValueError(msg)
+    models = list(models or found)
     health = [column for column in ("latent_std", "center_norm") if column in frame]
     rows = 2 if health else 1
-    fig, axes = plt.subplots(rows, len(models), figsize=(3.4 * len(models), 2.9 * rows), squeeze=False, sharex=True)
-    for column, model in enumerate(models):
+    width, blocks = min(columns, len(models)), -(-len(models) // columns)
+    fig, axes = plt.subplots(
+        rows * blocks, width, figsize=(3.4 * width, 2.9 * rows * blocks), squeeze=False, sharex=True
+    )
+    for ax in axes.flat:  # panels a model uses are switched back on
+        ax.set_axis_off()
+    for position, model in enumerate(models):
+        top, column = rows * (position // width), position % width
         runs = frame[frame["model"] == model]
         seeds = sorted(runs["seed"].unique())
-        ax = axes[0, column]
+        ax = axes[top, column]
+        ax.set_axis_on()
         present = [(key, label) for key, label in CURVE_SCORES.items() if key in runs and runs[key].notna().any()]
         for index, (name, label) in enumerate(present):
             stats = runs.groupby("epoch")[name].agg(["mean", "min", "max"])
@@ -319,14 +335,14 @@ def figure_curves(curve_csvs: Sequence[Path], out: Path) -> Path:
         ax.set_ylabel("test AUROC")
         ax.legend(fontsize=7)
         if health and runs[health].notna().any().any():
+            below = axes[top + 1, column]
+            below.set_axis_on()
             for index, name in enumerate(health):
                 stats = runs.groupby("epoch")[name].mean()
-                axes[1, column].plot(stats.index, stats, color=f"C{index + 4}", lw=1.4, label=name)
-            axes[1, column].set_yscale("log")
-            axes[1, column].legend(fontsize=7)
-        elif health:
-            axes[1, column].set_axis_off()
-        axes[-1, column].set_xlabel("epoch")
+                below.plot(stats.index, stats, color=f"C{index + 4}", lw=1.4, label=name)
+            below.set_yscale("log")
+            below.legend(fontsize=7)
+        axes[top + rows - 1, column].set_xlabel("epoch")
     fig.tight_layout()
     return _save(fig, out)
 
@@ -357,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scores", nargs="*", default=[], metavar="LABEL=FILE",
                         help="score files (image_path,gt_label,pred_score) to plot instead of a benchmark (roc)")
     parser.add_argument("--curves", nargs="*", type=Path, default=[], help="paper_protocol.py curve CSVs (curves)")
+    parser.add_argument("--models", nargs="*", help="curves: only these models (the CSV's model column), in order")
     parser.add_argument("--out-dir", type=Path, default=Path("figures"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bit-depth", type=int, help="bits stored in 16-bit PNG/TIFF files, as in training")
@@ -396,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.curves:
             parser.error("curves needs --curves")
         for path in args.curves:
-            figure_curves([path], args.out_dir / f"{path.stem}.png")
+            figure_curves([path], args.out_dir / f"{path.stem}.png", args.models)
 
 
 if __name__ == "__main__":

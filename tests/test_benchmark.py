@@ -362,6 +362,15 @@ def test_curve_figure_averages_seeds_per_epoch(tmp_path: Path, monkeypatch: pyte
     assert list(feature.get_xdata()) == [10, 20]
     assert list(feature.get_ydata()) == pytest.approx([0.65, 0.75])  # seeds 0 and 1 averaged
 
+    # --models picks and orders the panels, which wrap into rows; a model with no rows is named in the error.
+    drawn.clear()
+    figures.figure_curves([tmp_path / "curves.csv"], tmp_path / "c.png", ["autoencoder", "salad"], columns=1)
+    titled = [ax.get_title().split(" ")[0] for ax in drawn["fig"].axes if ax.get_title()]
+    assert titled == ["autoencoder", "salad"]
+    assert drawn["fig"].axes[0].get_gridspec().get_geometry() == (4, 1)  # two models, AUROC and health rows each
+    with pytest.raises(ValueError, match=r"no curve rows for model\(s\) \['ganomaly'\]"):
+        figures.figure_curves([tmp_path / "curves.csv"], tmp_path / "c.png", ["ganomaly"])
+
 
 def test_protocol_rows_of_different_models_share_one_file(tmp_path: Path) -> None:
     # paper_protocol.py appends GANomaly's one score and SALAD's three to one curve file: no value may shift column.
