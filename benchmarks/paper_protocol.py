@@ -270,8 +270,8 @@ def main() -> None:
     fit_seconds = time.perf_counter() - start
     images_per_s = curves.trained_images / fit_seconds
     if engine.trainer.interrupted or engine.trainer.current_epoch < args.epochs:
-        # A stopped run (Ctrl-C, SIGTERM, a timeout) must not pass for the full schedule: its curve rows stand,
-        # its final rows are not written.
+        # A run that stopped early (a callback's should_stop; Ctrl-C already ends the process inside Lightning) must
+        # not pass for the full schedule: its curve rows stand, its final rows are not written.
         sys.exit(
             f"stopped after epoch {engine.trainer.current_epoch} of {args.epochs}: no final rows written to {args.csv};"
             f" the curve rows so far are in {args.curve_csv}; continue with --resume <checkpoint>"
