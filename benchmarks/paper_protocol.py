@@ -269,7 +269,7 @@ def main() -> None:
     engine.fit(model, datamodule=datamodule, ckpt_path=args.resume)
     fit_seconds = time.perf_counter() - start
     images_per_s = curves.trained_images / fit_seconds
-    if engine.trainer.interrupted or engine.trainer.current_epoch < args.epochs:
+    if engine.trainer.current_epoch < args.epochs:
         # A run that stopped early (a callback's should_stop; Ctrl-C already ends the process inside Lightning) must
         # not pass for the full schedule: its curve rows stand, its final rows are not written.
         sys.exit(
