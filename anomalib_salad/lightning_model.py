@@ -50,7 +50,7 @@ from .loss import (
     discriminator_loss,
     generator_adversarial_loss,
 )
-from .metrics import AUROC, NormalBrightnessCorrelation, NormalBrightnessShortcut, paper_metrics
+from .metrics import AUROC, NormalBrightnessCorrelation, NormalBrightnessShortcut, PixelAUROC, paper_metrics
 from .post_processing import RankPreservingPostProcessor, fitted_post_processing
 from .pre_processing import SaladPreProcessor, antialiased_export
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
@@ -338,7 +338,7 @@ class Salad(AnomalibModule):
         (``image_NormalBrightnessCorrelation``, ``image_NormalBrightnessShortcut``; see
         :class:`~anomalib_salad.metrics.NormalBrightnessCorrelation`).
         """
-        test_metrics = [*paper_metrics(), AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
+        test_metrics = [*paper_metrics(), PixelAUROC()]
         val_metrics = [
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
             NormalBrightnessCorrelation(prefix="image_"),

@@ -32,8 +32,10 @@ Example:
     ['image_AUROC', 'image_BestF1Score', 'image_BestF1Accuracy']
 """
 
+import functools
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from anomalib.metrics import AnomalibMetric, BinaryPrecisionRecallCurve, F1Score
@@ -59,6 +61,7 @@ __all__ = [
     "BestF1Specificity",
     "NormalBrightnessCorrelation",
     "NormalBrightnessShortcut",
+    "PixelAUROC",
     "Sensitivity",
     "Specificity",
     "best_f1_statistics",
@@ -215,6 +218,40 @@ class AUROC(AnomalibMetric, _RawScoreAUROC):  # type: ignore[misc]
         >>> float(auroc.compute())
         0.75
     """
+
+
+class PixelAUROC(AUROC):  # type: ignore[misc]
+    """Pixel AUROC of ``anomaly_map`` against ``gt_mask`` that is quietly ``None`` on data without masks.
+
+    Most medical sets are classification folders with no masks. anomalib's ``strict=False`` then skips every
+    update, and torchmetrics would warn at compute that the states were never updated, as if something had gone
+    wrong. This metric returns ``None`` (nothing is logged) without that warning; states are still synchronised
+    across DDP ranks exactly as for any metric.
+
+    Example:
+        >>> import torch
+        >>> from anomalib.data import ImageBatch
+        >>> pixel = PixelAUROC()
+        >>> pixel.update(ImageBatch(image=torch.zeros(2, 3, 4, 4), gt_label=torch.tensor([0, 1])))
+        >>> pixel.compute() is None
+        True
+    """
+
+    def __init__(self, prefix: str = "pixel_", **kwargs) -> None:
+        super().__init__(fields=["anomaly_map", "gt_mask"], prefix=prefix, strict=False, **kwargs)
+        self.name = f"{prefix}AUROC"  # logged under anomalib's usual key, not the class name
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def quiet_without_masks(*args, **kwargs) -> Tensor | None:
+            with warnings.catch_warnings():
+                if not self.update_called:  # the skipped updates were expected: there are no masks
+                    warnings.filterwarnings("ignore", message="The ``compute`` method of metric", category=UserWarning)
+                return wrapped(*args, **kwargs)
+
+        return quiet_without_masks
 
 
 class _BestF1Statistic(BinaryPrecisionRecallCurve):

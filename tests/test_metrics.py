@@ -1,5 +1,7 @@
 """Tests of anomalib_salad.metrics on small inputs whose expected values are worked out by hand below."""
 
+import warnings
+
 import pytest
 import torch
 from anomalib.data import ImageBatch
@@ -15,6 +17,7 @@ from anomalib_salad.metrics import (
     BestF1Specificity,
     NormalBrightnessCorrelation,
     NormalBrightnessShortcut,
+    PixelAUROC,
     Sensitivity,
     Specificity,
     best_f1_statistics,
@@ -107,6 +110,23 @@ def test_scores_on_different_scales_in_different_batches() -> None:
     # Best F1 by hand: t=3.0: TP=1 FP=0 FN=1 -> 2/3; t=2.0: TP=1 FP=1 FN=1 -> 1/2; t=0.9: TP=2 FP=1 -> 4/5.
     assert best_f1.compute().item() == pytest.approx(4 / 5)
     assert best_f1.threshold.item() == pytest.approx(0.9)
+
+
+def test_pixel_auroc_is_quietly_none_without_masks_and_exact_with_them() -> None:
+    image = torch.zeros(2, 3, 2, 2)
+    without_masks = PixelAUROC()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchmetrics' "compute ... before the update" warning would fail here
+        without_masks.update(ImageBatch(image=image, gt_label=torch.tensor([0, 1]), anomaly_map=torch.rand(2, 2, 2)))
+        assert without_masks.compute() is None
+    # With masks: 8 pixels, the two anomalous ones scored 0.9 and 0.3 among normals at 0.1, 0.2, 0.4, ...
+    maps = torch.tensor([[[0.1, 0.2], [0.4, 0.5]], [[0.9, 0.3], [0.6, 0.7]]])
+    masks = torch.tensor([[[0, 0], [0, 0]], [[1, 1], [0, 0]]], dtype=torch.bool)
+    with_masks = PixelAUROC()
+    with_masks.update(ImageBatch(image=image, gt_label=torch.tensor([0, 1]), anomaly_map=maps, gt_mask=masks))
+    # 0.9 beats all 6 normals, 0.3 beats 0.1 and 0.2: (6 + 2) / (2 * 6)
+    assert with_masks.compute().item() == pytest.approx(8 / 12)
+    assert with_masks.name == "pixel_AUROC"
 
 
 def test_single_class_does_not_crash() -> None:
