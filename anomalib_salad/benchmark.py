@@ -226,8 +226,9 @@ class ThroughputMonitor(Callback):
         self._validation_in_epoch = 0.0
         self._epoch_start = self._now(trainer)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Count training images."""
         del trainer, pl_module, outputs, batch_idx
         self.train_images += self._batch_size(batch)
@@ -252,8 +253,15 @@ class ThroughputMonitor(Callback):
         del pl_module
         self._test_start = self._now(trainer)
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         """Count test images."""
         del trainer, pl_module, outputs, batch_idx, dataloader_idx
         self.test_images += self._batch_size(batch)
@@ -293,8 +301,15 @@ class ScoreRecorder(Callback):
         del trainer, pl_module
         self.paths, self.scores, self.labels = [], [], []
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         """Copy the batch's raw scores before the post-processor normalises them in place."""
         del trainer, pl_module, batch_idx, dataloader_idx
         source = outputs if outputs is not None else batch
@@ -308,12 +323,14 @@ class ScoreRecorder(Callback):
         """One row per image: path, ground truth, raw score, and label at the fitted (raw) ``threshold``."""
         scores = torch.cat(self.scores) if self.scores else torch.empty(0)
         labels = torch.cat(self.labels) if self.labels else torch.empty(0, dtype=torch.long)
-        return pd.DataFrame({
-            "image_path": self.paths,
-            "gt_label": labels.numpy(),
-            "pred_score": scores.numpy(),
-            "pred_label": (scores > threshold).long().numpy(),
-        })
+        return pd.DataFrame(
+            {
+                "image_path": self.paths,
+                "gt_label": labels.numpy(),
+                "pred_score": scores.numpy(),
+                "pred_label": (scores > threshold).long().numpy(),
+            }
+        )
 
 
 def _run_id(flat_cfg: dict[str, Any], seed: int) -> str:
@@ -382,8 +399,11 @@ class SaladBenchmarkJob(BenchmarkJob):
             if type(model.post_processor) is PostProcessor:
                 model.post_processor = RankPreservingPostProcessor(**model.post_processor.checkpoint_config())
             else:
-                logger.warning("%s has its own post-processor %s; its scores stay as they are.",
-                               type(model).__name__, type(model.post_processor).__name__)
+                logger.warning(
+                    "%s has its own post-processor %s; its scores stay as they are.",
+                    type(model).__name__,
+                    type(model.post_processor).__name__,
+                )
 
     @hide_output
     def run(self, task_id: int | None = None) -> dict[str, Any]:
@@ -405,15 +425,23 @@ class SaladBenchmarkJob(BenchmarkJob):
         with TemporaryDirectory() as temp_dir:
             seed_everything(self.seed)
             engine_args = {"enable_progress_bar": False, "enable_model_summary": False, **self.trainer_args}
-            engine = Engine(accelerator=self.accelerator, devices=devices, default_root_dir=temp_dir,
-                            callbacks=[throughput, recorder, no_checkpoints], **engine_args)
+            engine = Engine(
+                accelerator=self.accelerator,
+                devices=devices,
+                default_root_dir=temp_dir,
+                callbacks=[throughput, recorder, no_checkpoints],
+                **engine_args,
+            )
             fit_start = time.time()
             engine.fit(self.model, self.datamodule)
             # anomalib fits the threshold only in validation and Engine.test never validates a one-class model:
             # without a validation epoch in fit (check_val_every_n_epoch > max_epochs) pred_label would be garbage.
             post_processor = self.model.post_processor
-            if isinstance(post_processor, PostProcessor) and post_processor.enable_thresholding \
-                    and torch.isnan(post_processor.image_threshold):
+            if (
+                isinstance(post_processor, PostProcessor)
+                and post_processor.enable_thresholding
+                and torch.isnan(post_processor.image_threshold)
+            ):
                 engine.validate(self.model, datamodule=self.datamodule, verbose=False)
             test_start = time.time()
             test_results = engine.test(self.model, self.datamodule, verbose=False)
@@ -428,8 +456,9 @@ class SaladBenchmarkJob(BenchmarkJob):
         extra: dict[str, Any] = {"image_FittedThreshold": threshold}
         if len(scores):
             extra["image_BestF1Threshold"] = float(
-                best_f1_statistics(torch.tensor(scores["pred_score"].to_numpy()),
-                                   torch.tensor(scores["gt_label"].to_numpy()))["threshold"],
+                best_f1_statistics(
+                    torch.tensor(scores["pred_score"].to_numpy()), torch.tensor(scores["gt_label"].to_numpy())
+                )["threshold"],
             )
         scores_file = ""
         if self.run_output_dir is not None:
@@ -484,8 +513,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     if results.empty:
         return results
     keys = [c for c in results.columns if c == "accelerator" or c.startswith(CONFIG_PREFIXES)]
-    values = [c for c in results.columns if c not in keys and c not in FILE_COLUMNS and c != "seed"
-              and pd.api.types.is_numeric_dtype(results[c])]
+    values = [
+        c
+        for c in results.columns
+        if c not in keys and c not in FILE_COLUMNS and c != "seed" and pd.api.types.is_numeric_dtype(results[c])
+    ]
     frame = results.copy()
     # Lists (e.g. proxy_task_weights) are unhashable; NaN marks an argument another model lacks.
     frame[keys] = frame[keys].astype(str)
@@ -656,7 +688,6 @@ class SaladBenchmark(Benchmark):
             raise RuntimeError(msg) from errors[0]
         return self.output_dir
 
-
     @staticmethod
     def dry_run(config: dict[str, Any]) -> pd.DataFrame:
         """Build every job of ``config`` (models and datamodules) without training; list them.
@@ -678,15 +709,17 @@ class SaladBenchmark(Benchmark):
                 if isinstance(job, _BrokenJob):
                     rows.append({"accelerator": accelerator, "run_id": job.run_id, "error": repr(job.error)})
                     continue
-                rows.append({
-                    "accelerator": accelerator,
-                    "run_id": job.run_id,
-                    "model": type(job.model).__name__,
-                    "parameters_M": round(sum(p.numel() for p in job.model.parameters()) / 1e6, 2),
-                    "data": type(job.datamodule).__name__,
-                    "trainer": json.dumps(job.trainer_args),
-                    "save_checkpoint": job.save_checkpoints,
-                })
+                rows.append(
+                    {
+                        "accelerator": accelerator,
+                        "run_id": job.run_id,
+                        "model": type(job.model).__name__,
+                        "parameters_M": round(sum(p.numel() for p in job.model.parameters()) / 1e6, 2),
+                        "data": type(job.datamodule).__name__,
+                        "trainer": json.dumps(job.trainer_args),
+                        "save_checkpoint": job.save_checkpoints,
+                    }
+                )
         return pd.DataFrame(rows)
 
 

@@ -104,15 +104,23 @@ def make_synthetic_scans(
         Path: ``root``.
     """
     root = Path(root)
-    spec = {"version": GENERATOR_VERSION, "image_size": image_size, "num_train": num_train, "num_test": num_test,
-            "seed": seed}
+    spec = {
+        "version": GENERATOR_VERSION,
+        "image_size": image_size,
+        "num_train": num_train,
+        "num_test": num_test,
+        "seed": seed,
+    }
     marker = root / "dataset.json"
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return root
     logger.info("Generating the synthetic scan dataset in %s", root)
     rng = np.random.default_rng(seed)
-    for folder, count, lesion in (("train/normal", num_train, False), ("test/normal", num_test, False),
-                                  ("test/abnormal", num_test, True)):
+    for folder, count, lesion in (
+        ("train/normal", num_train, False),
+        ("test/normal", num_test, False),
+        ("test/abnormal", num_test, True),
+    ):
         target = root / folder
         target.mkdir(parents=True, exist_ok=True)
         for stale in target.glob("*.png"):

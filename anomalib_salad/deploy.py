@@ -61,6 +61,7 @@ DEPLOY_READER = ReaderConfig(require_bit_depth=True)
 #: Metadata of exports written on 2026-12-01 only, whose graph resized without the antialiasing they were trained with.
 _RESIZE_IN_FRONT_KEY = "salad_antialias_resize"
 
+
 class InputImageError(ValueError):
     """An image cannot be turned into the exported model's ``(N, 3, H, W)`` input."""
 

@@ -287,14 +287,18 @@ def _problem(info: ImageInfo, bit_depth: int | None, reads_high_bit_depth: bool)
     mode, (low, high) = info.mode, info.extrema
     if mode in HIGH_BIT_DEPTH_MODES or mode == "F":
         if not reads_high_bit_depth:
-            return (f"{mode} image with values {low:g}..{high:g}: anomalib's reader clips it at 255. Read it with "
-                    "anomalib_salad.image_io.CheckedFolder (CLI: --data anomalib_salad.image_io.CheckedFolder, "
-                    "--data.bit_depth for 12-bit data) or convert it to 8-bit first")
+            return (
+                f"{mode} image with values {low:g}..{high:g}: anomalib's reader clips it at 255. Read it with "
+                "anomalib_salad.image_io.CheckedFolder (CLI: --data anomalib_salad.image_io.CheckedFolder, "
+                "--data.bit_depth for 12-bit data) or convert it to 8-bit first"
+            )
         full_scale = _full_scale(mode, bit_depth)
         if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or high > full_scale:
             limit = f"bit_depth={bit_depth}" if bit_depth and mode != "F" else mode
-            return (f"values {low:g}..{high:g} do not fit {limit} (0..{full_scale:g}); set bit_depth to the bits the "
-                    "file stores, or window and rescale it to unsigned 8/16-bit first")
+            return (
+                f"values {low:g}..{high:g} do not fit {limit} (0..{full_scale:g}); set bit_depth to the bits the "
+                "file stores, or window and rescale it to unsigned 8/16-bit first"
+            )
     return None
 
 
@@ -311,35 +315,63 @@ def _warnings(
     """Readable but suspicious files, grouped: ``[(kind, reason, files), ...]``."""
     readable = [i for i in infos if i.error is None]
     groups: list[tuple[str, str, list[ImageInfo]]] = []
-    dark = [i for i in readable if i.mode not in _UNIT_RANGE_MODES
-            and i.extrema[0] < i.extrema[1] < _full_scale(i.mode, bit_depth) * DARK_FRACTION]
+    dark = [
+        i
+        for i in readable
+        if i.mode not in _UNIT_RANGE_MODES
+        and i.extrema[0] < i.extrema[1] < _full_scale(i.mode, bit_depth) * DARK_FRACTION
+    ]
     dark_8bit = [i for i in dark if i.mode not in HIGH_BIT_DEPTH_MODES]
     if dark_8bit:
         top = max(i.extrema[1] for i in dark_8bit)
-        groups.append(("dark", f"look nearly black: no pixel above {top:g} of 255 (check the export's windowing)",
-                       dark_8bit))
+        groups.append(
+            ("dark", f"look nearly black: no pixel above {top:g} of 255 (check the export's windowing)", dark_8bit)
+        )
     dark_16bit = [i for i in dark if i.mode in HIGH_BIT_DEPTH_MODES]
     if dark_16bit:
         top = max(i.extrema[1] for i in dark_16bit)
         hint = _bits_hint(top) if bit_depth is None else ""
-        groups.append(("dark", f"are 16-bit files read as 0..{_full_scale('I;16', bit_depth):g} but no pixel exceeds "
-                       f"{top:g}, so they look nearly black to the model{hint}", dark_16bit))
+        groups.append(
+            (
+                "dark",
+                f"are 16-bit files read as 0..{_full_scale('I;16', bit_depth):g} but no pixel exceeds "
+                f"{top:g}, so they look nearly black to the model{hint}",
+                dark_16bit,
+            )
+        )
     flat = [i for i in readable if i.mode == "DICOM" and 0 < i.extrema[1] - i.extrema[0] < DARK_FRACTION]
     if flat:
-        groups.append(("dark", f"use less than 1/{1 / DARK_FRACTION:.0f} of the intensity range after the VOI step "
-                       "(no window in the file, so the full stored range is used?); set a window, e.g. "
-                       "window='brain', 'lung' or 'center,width'", flat))
+        groups.append(
+            (
+                "dark",
+                f"use less than 1/{1 / DARK_FRACTION:.0f} of the intensity range after the VOI step "
+                "(no window in the file, so the full stored range is used?); set a window, e.g. "
+                "window='brain', 'lung' or 'center,width'",
+                flat,
+            )
+        )
     constant = [i for i in readable if i.extrema[0] == i.extrema[1]]
     if constant:
         groups.append(("constant", "are constant: every pixel has the same value (an empty export?)", constant))
     translucent = [i for i in readable if i.translucent]
     if translucent:
-        groups.append(("alpha", "have transparent pixels; the alpha channel is ignored and the stored colour is used",
-                       translucent))
+        groups.append(
+            (
+                "alpha",
+                "have transparent pixels; the alpha channel is ignored and the stored colour is used",
+                translucent,
+            )
+        )
     small = [i for i in readable if min_side and min(i.size) * 2 < min_side]
     if small:
-        groups.append(("small", f"are smaller than half the {min_side}x{min_side} network input, so upscaled more "
-                       "than 2x (thumbnails?)", small))
+        groups.append(
+            (
+                "small",
+                f"are smaller than half the {min_side}x{min_side} network input, so upscaled more "
+                "than 2x (thumbnails?)",
+                small,
+            )
+        )
     huge = [i for i in readable if i.note]
     if huge:
         groups.append(("huge", f"are very large ({huge[0].note})", huge))
@@ -655,7 +687,9 @@ class CheckedFolder(Folder):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.reader_config = ReaderConfig(bit_depth=_check_bit_depth(bit_depth)).replace(
-            window=window, axis=axis, percentiles=None if percentiles is None else tuple(percentiles),
+            window=window,
+            axis=axis,
+            percentiles=None if percentiles is None else tuple(percentiles),
             min_tissue=min_tissue,
         )
         self.bit_depth = self.reader_config.bit_depth
@@ -665,15 +699,21 @@ class CheckedFolder(Folder):
 
     def _setup(self, _stage: str | None = None) -> None:
         # Folder._setup with the checked dataset class; the val split is a deep copy of it, so it reads alike.
-        folder_args = {"name": self.name, "root": self.root, "normal_dir": self.normal_dir,
-                       "abnormal_dir": self.abnormal_dir, "normal_test_dir": self.normal_test_dir,
-                       "mask_dir": self.mask_dir, "extensions": self.extensions, "reader_config": self.reader_config}
+        folder_args = {
+            "name": self.name,
+            "root": self.root,
+            "normal_dir": self.normal_dir,
+            "abnormal_dir": self.abnormal_dir,
+            "normal_test_dir": self.normal_test_dir,
+            "mask_dir": self.mask_dir,
+            "extensions": self.extensions,
+            "reader_config": self.reader_config,
+        }
         self.train_data = CheckedFolderDataset(split=Split.TRAIN, **folder_args)
         self.test_data = CheckedFolderDataset(split=Split.TEST, **folder_args)
         if self.check_files:
             paths = [*self.train_data.samples.image_path, *self.test_data.samples.image_path]
-            check_image_files(paths, self.bit_depth, what=f"images of dataset {self.name!r}",
-                              config=self.reader_config)
+            check_image_files(paths, self.bit_depth, what=f"images of dataset {self.name!r}", config=self.reader_config)
             self.train_data.files_checked = self.test_data.files_checked = True  # the val split copies test_data
 
     def setup(self, stage: str | None = None) -> None:
@@ -721,9 +761,18 @@ class MedicalFolder(CheckedFolder):
         seed: int | None = 0,
         **kwargs,
     ) -> None:
-        super().__init__(name=name, normal_dir=normal_dir, root=root, abnormal_dir=abnormal_dir,
-                         normal_test_dir=normal_test_dir, train_batch_size=train_batch_size,
-                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed, **kwargs)
+        super().__init__(
+            name=name,
+            normal_dir=normal_dir,
+            root=root,
+            abnormal_dir=abnormal_dir,
+            normal_test_dir=normal_test_dir,
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            seed=seed,
+            **kwargs,
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------

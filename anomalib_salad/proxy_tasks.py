@@ -291,11 +291,15 @@ class RandomProxyTask(_ProxyTask):
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
-        tasks = list(tasks) if tasks is not None else [
-            RandomInPainting(),
-            RandomLocalPixelShuffle(),
-            RandomBezierIntensity(),
-        ]
+        tasks = (
+            list(tasks)
+            if tasks is not None
+            else [
+                RandomInPainting(),
+                RandomLocalPixelShuffle(),
+                RandomBezierIntensity(),
+            ]
+        )
         weights = list(weights) if weights is not None else [1.0] * len(tasks)
         if len(weights) != len(tasks) or not tasks:
             msg = f"Need one weight per task: got {len(weights)} weights for {len(tasks)} tasks"

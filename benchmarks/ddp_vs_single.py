@@ -107,9 +107,23 @@ def main() -> None:
     for devices in args.devices:
         for seed in args.seeds:
             out = args.work_dir / f"devices{devices}_seed{seed}"
-            command = [sys.executable, __file__, "--worker", "--seed", str(seed), "--devices", str(devices),
-                       "--accelerator", args.accelerator, "--out", str(out), "--data-root", str(data_root),
-                       "--epochs", str(epochs)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--seed",
+                str(seed),
+                "--devices",
+                str(devices),
+                "--accelerator",
+                args.accelerator,
+                "--out",
+                str(out),
+                "--data-root",
+                str(data_root),
+                "--epochs",
+                str(epochs),
+            ]
             start = time.perf_counter()
             subprocess.run(command, check=True, cwd=ROOT)
             seconds = time.perf_counter() - start

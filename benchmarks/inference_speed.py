@@ -179,8 +179,10 @@ def print_table(results: list[Result], gflop: float) -> None:
     drift = {r.name: r.score_diff for r in results if r.batch == largest}
     for r in results:
         size = f"{r.size_mb:.1f}" if r.size_mb is not None else "-"
-        print(f"| {r.name:<30} | {size:>6} | {r.batch:>5} | {r.latency_ms:>10.1f} | {r.images_per_s:>8.2f} | "
-              f"{r.images_per_s / eager[r.batch]:>7.2f} | {gflop * r.images_per_s:>7.0f} | {drift[r.name]:>10.1e} |")
+        print(
+            f"| {r.name:<30} | {size:>6} | {r.batch:>5} | {r.latency_ms:>10.1f} | {r.images_per_s:>8.2f} | "
+            f"{r.images_per_s / eager[r.batch]:>7.2f} | {gflop * r.images_per_s:>7.0f} | {drift[r.name]:>10.1e} |"
+        )
 
 
 def main() -> None:
@@ -239,12 +241,15 @@ def main() -> None:
     print()
     # Other processes on the machine stretch latencies (threads wait for each other at every layer).
     print(f"load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"CPU: {cpu_name()}; {threads} threads for torch and OpenVINO; torch {torch.__version__}, "
-          f"OpenVINO {ov.__version__}; model input {args.image_size}x{args.image_size}, "
-          f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'untrained default Salad()'}")
+    print(
+        f"CPU: {cpu_name()}; {threads} threads for torch and OpenVINO; torch {torch.__version__}, "
+        f"OpenVINO {ov.__version__}; model input {args.image_size}x{args.image_size}, "
+        f"{'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'untrained default Salad()'}"
+    )
     gflop = gflop_per_image(model, args.image_size)
     print(f"scoring path E, D, E: {gflop:.2f} GFLOP of convolutions per image")
     print_table(results, gflop)
+
 
 if __name__ == "__main__":
     main()

@@ -57,9 +57,17 @@ def main() -> None:
             [model(torch.from_numpy(b).permute(0, 3, 1, 2).contiguous()).pred_score.numpy() for b in batches]
         )
     results = {"torch fp32": torch_scores}
-    calibration = Folder(name="calibration", root=args.root, normal_dir="train/normal",
-                         abnormal_dir="test/abnormal", normal_test_dir="test/normal", train_batch_size=32,
-                         eval_batch_size=32, num_workers=0, seed=0)
+    calibration = Folder(
+        name="calibration",
+        root=args.root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=32,
+        eval_batch_size=32,
+        num_workers=0,
+        seed=0,
+    )
 
     def score_ir(xml: Path, hint: str | None = "f32") -> np.ndarray:
         inferencer = SaladInferencer(xml, precision_hint=hint)
@@ -73,8 +81,9 @@ def main() -> None:
         if default != "f32":
             results[f"openvino fp32 IR ({default})"] = score_ir(fp32, None)
         start = time.perf_counter()
-        salad = export_salad(args.ckpt, Path(tmp) / "int8", "openvino", compression_type="int8_ptq",
-                             datamodule=calibration)
+        salad = export_salad(
+            args.ckpt, Path(tmp) / "int8", "openvino", compression_type="int8_ptq", datamodule=calibration
+        )
         size_mb = salad.with_suffix(".bin").stat().st_size / 1e6
         print(f"INT8_PTQ export in {time.perf_counter() - start:.0f} s ({size_mb:.1f} MB)")
         results["int8, Salad's INT8_PTQ"] = score_ir(salad)

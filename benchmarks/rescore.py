@@ -64,16 +64,26 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_salad_checkpoint(args.ckpt)
-    datamodule = Folder(name="rescore", root=args.root, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                        normal_test_dir="test/normal", eval_batch_size=64, num_workers=0, val_split_mode="none")
+    datamodule = Folder(
+        name="rescore",
+        root=args.root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        eval_batch_size=64,
+        num_workers=0,
+        val_split_mode="none",
+    )
     datamodule.setup()
     scores, target = raw_scores(model, datamodule.test_dataloader(), SCORES)
     print(f"{args.ckpt.name}: {len(target)} test images ({int(target.sum())} abnormal)")
     print(f"{'score':<28} {'AUROC':>7} {'mean normal':>12} {'mean abnormal':>14}")
     for name, label in SCORES.items():
         values = scores[name]
-        print(f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
-              f"{float(values[target == 1].mean()):>14.5f}")
+        print(
+            f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
+            f"{float(values[target == 1].mean()):>14.5f}"
+        )
     if args.scores_out:
         write_scores(args.scores_out, list(datamodule.test_data.samples["image_path"]), target, scores)
 

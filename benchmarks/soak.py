@@ -38,8 +38,10 @@ class MemorySampler(Callback):
         del pl_module
         row = {"epoch": trainer.current_epoch, "rss_mib": resident_mib()}
         if torch.cuda.is_available():
-            row |= {"gpu_alloc_mib": torch.cuda.memory_allocated() / 2**20,
-                    "gpu_reserved_mib": torch.cuda.memory_reserved() / 2**20}
+            row |= {
+                "gpu_alloc_mib": torch.cuda.memory_allocated() / 2**20,
+                "gpu_reserved_mib": torch.cuda.memory_reserved() / 2**20,
+            }
         self.rows.append(row)
         print("  ".join(f"{key}={value:.0f}" for key, value in row.items()), flush=True)
 
@@ -58,17 +60,33 @@ def main() -> None:
     seed_everything(0)
     widths = {"base_channels": 32, "max_channels": 256, "latent_dim": 128} if args.narrow else {}
     model = Salad(image_size=args.image_size, **widths)
-    datamodule = Folder(name="soak", root=args.root, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                        normal_test_dir="test/normal", train_batch_size=args.batch_size,
-                        eval_batch_size=args.batch_size, num_workers=2, seed=0)
+    datamodule = Folder(
+        name="soak",
+        root=args.root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        num_workers=2,
+        seed=0,
+    )
     sampler = MemorySampler()
-    engine = Engine(max_epochs=args.epochs, accelerator=args.accelerator, devices=1, logger=False,
-                    enable_progress_bar=False, callbacks=[sampler],
-                    default_root_dir="runs/soak")
+    engine = Engine(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[sampler],
+        default_root_dir="runs/soak",
+    )
     engine.fit(model, datamodule=datamodule)
     first, last = sampler.rows[1] if len(sampler.rows) > 1 else sampler.rows[0], sampler.rows[-1]
-    print(f"growth from epoch {first['epoch']} to {last['epoch']}: "
-          + ", ".join(f"{key} {last[key] - first[key]:+.0f} MiB" for key in last if key != "epoch"))
+    print(
+        f"growth from epoch {first['epoch']} to {last['epoch']}: "
+        + ", ".join(f"{key} {last[key] - first[key]:+.0f} MiB" for key in last if key != "epoch")
+    )
 
 
 if __name__ == "__main__":

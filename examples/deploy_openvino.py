@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = parse_args(argv)
     from anomalib_salad import deploy  # noqa: PLC0415  (after argument parsing, so --help is instant)
+
     try:
         inferencer = deploy.SaladInferencer(
             args.model,

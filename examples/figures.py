@@ -66,9 +66,12 @@ def load_images(paths: Sequence[str | Path]) -> Tensor:
     arrays = [read_image(p, READER) for p in paths]
     height, width = arrays[0].shape[:2]
     tensors = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
-    tensors = [t if t.shape[1:] == (height, width) else
-               torch.nn.functional.interpolate(t[None], (height, width), mode="bilinear", antialias=True)[0]
-               for t in tensors]
+    tensors = [
+        t
+        if t.shape[1:] == (height, width)
+        else torch.nn.functional.interpolate(t[None], (height, width), mode="bilinear", antialias=True)[0]
+        for t in tensors
+    ]
     return torch.stack(tensors)
 
 
@@ -103,8 +106,9 @@ def _to_display(images: Tensor) -> np.ndarray:
     return ((images[:, 0] + 1) / 2).clamp(0, 1).numpy()
 
 
-def figure_reconstructions(checkpoint: Path, root: Path, normal_dir: str, abnormal_dir: str, num: int, out: Path,
-                           seed: int = 0) -> Path:
+def figure_reconstructions(
+    checkpoint: Path, root: Path, normal_dir: str, abnormal_dir: str, num: int, out: Path, seed: int = 0
+) -> Path:
     """Figs. 5-6: original / reconstruction / residual rows for ``num`` normal and ``num`` abnormal images."""
     model = load_salad(checkpoint)
     groups = {
@@ -115,14 +119,20 @@ def figure_reconstructions(checkpoint: Path, root: Path, normal_dir: str, abnorm
     for label, paths in groups.items():
         x, _, x_hat, scores = encode(model, paths)
         residual = (x - x_hat).abs()[:, 0].numpy() / 2  # |x - x_hat| on the [0, 1] scale
-        columns += [(label, o, r, d, float(s)) for o, r, d, s in
-                    zip(_to_display(x), _to_display(x_hat), residual, scores, strict=True)]
+        columns += [
+            (label, o, r, d, float(s))
+            for o, r, d, s in zip(_to_display(x), _to_display(x_hat), residual, scores, strict=True)
+        ]
     vmax = max(float(np.percentile(c[3], 99.5)) for c in columns) or 1.0  # one scale: residuals comparable
     fig, axes = plt.subplots(3, len(columns), figsize=(1.6 * len(columns), 5.2), squeeze=False)
     for j, (label, original, reconstruction, residual, score) in enumerate(columns):
-        for i, (image, kwargs) in enumerate(((original, {"vmin": 0, "vmax": 1}),
-                                             (reconstruction, {"vmin": 0, "vmax": 1}),
-                                             (residual, {"vmin": 0, "vmax": vmax}))):
+        for i, (image, kwargs) in enumerate(
+            (
+                (original, {"vmin": 0, "vmax": 1}),
+                (reconstruction, {"vmin": 0, "vmax": 1}),
+                (residual, {"vmin": 0, "vmax": vmax}),
+            )
+        ):
             axes[i, j].imshow(image, cmap="gray", **kwargs)
             axes[i, j].set_xticks([])
             axes[i, j].set_yticks([])
@@ -169,8 +179,17 @@ def _compactness(latents: np.ndarray, labels: np.ndarray) -> float:
     return float(distance[labels == 0].mean() / distance[labels == 1].mean())
 
 
-def figure_tsne(checkpoint_with: Path, checkpoint_without: Path, root: Path, normal_dir: str, abnormal_dir: str,
-                max_images: int, out: Path, seed: int = 0, standardize: bool = False) -> Path:
+def figure_tsne(
+    checkpoint_with: Path,
+    checkpoint_without: Path,
+    root: Path,
+    normal_dir: str,
+    abnormal_dir: str,
+    max_images: int,
+    out: Path,
+    seed: int = 0,
+    standardize: bool = False,
+) -> Path:
     """Fig. 7: joint t-SNE of the test latents of a model with and one without the center loss."""
     try:
         from sklearn.manifold import TSNE  # noqa: PLC0415  (optional dependency, needed here only)
@@ -198,10 +217,17 @@ def figure_tsne(checkpoint_with: Path, checkpoint_without: Path, root: Path, nor
             points = embedded[k * count : (k + 1) * count]
             for label, marker in ((0, "o"), (1, "x")):
                 chosen = points[labels == label]
-                ax.scatter(chosen[:, 0], chosen[:, 1], s=10 if marker == "o" else 14, marker=marker, c=color,
-                           alpha=0.6, linewidths=0.8,
-                           label=f"{name}, {'normal' if label == 0 else 'abnormal'}"
-                           + (f" (spread ratio {compactness[name]:.2f})" if label == 0 else ""))
+                ax.scatter(
+                    chosen[:, 0],
+                    chosen[:, 1],
+                    s=10 if marker == "o" else 14,
+                    marker=marker,
+                    c=color,
+                    alpha=0.6,
+                    linewidths=0.8,
+                    label=f"{name}, {'normal' if label == 0 else 'abnormal'}"
+                    + (f" (spread ratio {compactness[name]:.2f})" if label == 0 else ""),
+                )
         if zoom:
             # Zoom on the normal cloud of the center-loss model.
             normal_with = embedded[:count][labels == 0]
@@ -215,9 +241,12 @@ def figure_tsne(checkpoint_with: Path, checkpoint_without: Path, root: Path, nor
             ax.legend(fontsize=6, loc="best")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("t-SNE of test latents E(x)" + (" (each model standardised)" if standardize else "")
-                 + "; spread ratio = mean normal-to-normal-mean / abnormal-to-normal-mean distance in latent space",
-                 fontsize=8)
+    fig.suptitle(
+        "t-SNE of test latents E(x)"
+        + (" (each model standardised)" if standardize else "")
+        + "; spread ratio = mean normal-to-normal-mean / abnormal-to-normal-mean distance in latent space",
+        fontsize=8,
+    )
     fig.tight_layout()
     return _save(fig, out)
 
@@ -261,8 +290,13 @@ def figure_roc(curves: dict[str, list[pd.DataFrame]], title: str, out: Path) -> 
             if len(frames) > 1:
                 ax.plot(fpr, tpr, color=color, alpha=0.25, lw=0.8)
         std = f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else ""
-        ax.plot(grid, np.mean(tprs, axis=0), color=color, lw=1.8,
-                label=f"{model}: AUC {np.mean(aucs):.3f}{std} (n={len(aucs)})")
+        ax.plot(
+            grid,
+            np.mean(tprs, axis=0),
+            color=color,
+            lw=1.8,
+            label=f"{model}: AUC {np.mean(aucs):.3f}{std} (n={len(aucs)})",
+        )
     ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=0.8)
     ax.set_xlabel("false positive rate (1 - SPE)")
     ax.set_ylabel("true positive rate (SEN)")
@@ -290,9 +324,7 @@ def figures_roc_from_benchmark(benchmark_dir: Path, out_dir: Path) -> list[Path]
 CURVE_SCORES = {"auroc_feature": "A_F", "auroc_image": "A_I", "auroc_center": "A_C", "auroc_score": "score"}
 
 
-def figure_curves(
-    curve_csvs: Sequence[Path], out: Path, models: Sequence[str] | None = None, columns: int = 4
-) -> Path:
+def figure_curves(curve_csvs: Sequence[Path], out: Path, models: Sequence[str] | None = None, columns: int = 4) -> Path:
     """Test AUROC per score against epoch for each model (mean over seeds, min-max band), health signals below.
 
     Where a run logged the intensity-matched AUROC (``matched_*``), its mean is drawn dotted in the score's colour.
@@ -370,8 +402,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-images", type=int, default=600, help="test images in the t-SNE (half per class)")
     parser.add_argument("--standardize", action="store_true", help="t-SNE: scale each model's latents to unit std")
     parser.add_argument("--benchmark-dir", type=Path, help="folder with results.csv and scores/ (roc)")
-    parser.add_argument("--scores", nargs="*", default=[], metavar="LABEL=FILE",
-                        help="score files (image_path,gt_label,pred_score) to plot instead of a benchmark (roc)")
+    parser.add_argument(
+        "--scores",
+        nargs="*",
+        default=[],
+        metavar="LABEL=FILE",
+        help="score files (image_path,gt_label,pred_score) to plot instead of a benchmark (roc)",
+    )
     parser.add_argument("--curves", nargs="*", type=Path, default=[], help="paper_protocol.py curve CSVs (curves)")
     parser.add_argument("--models", nargs="*", help="curves: only these models (the CSV's model column), in order")
     parser.add_argument("--out-dir", type=Path, default=Path("figures"))
@@ -391,15 +428,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         return not missing
 
     if "reconstructions" in run and need("ckpt", "root"):
-        figure_reconstructions(args.ckpt, args.root, args.normal_dir, args.abnormal_dir, args.num,
-                               args.out_dir / "reconstructions.png", args.seed)
+        figure_reconstructions(
+            args.ckpt,
+            args.root,
+            args.normal_dir,
+            args.abnormal_dir,
+            args.num,
+            args.out_dir / "reconstructions.png",
+            args.seed,
+        )
     if "proxy" in run and need("root"):
         size = load_salad(args.ckpt).model.image_size if args.command == "all" and args.ckpt else args.image_size
-        figure_proxy_tasks(args.root, args.train_dir, size, min(args.num, 4), args.out_dir / "proxy_tasks.png",
-                           args.seed)
+        figure_proxy_tasks(
+            args.root, args.train_dir, size, min(args.num, 4), args.out_dir / "proxy_tasks.png", args.seed
+        )
     if "tsne" in run and need("ckpt", "ckpt_without", "root"):
-        figure_tsne(args.ckpt, args.ckpt_without, args.root, args.normal_dir, args.abnormal_dir, args.max_images,
-                    args.out_dir / "tsne_center_loss.png", args.seed, args.standardize)
+        figure_tsne(
+            args.ckpt,
+            args.ckpt_without,
+            args.root,
+            args.normal_dir,
+            args.abnormal_dir,
+            args.max_images,
+            args.out_dir / "tsne_center_loss.png",
+            args.seed,
+            args.standardize,
+        )
     if "roc" in run:
         if args.scores:
             curves = {}

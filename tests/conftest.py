@@ -8,8 +8,14 @@ import torch
 from anomalib_salad.data import make_synthetic_scans
 
 # Small enough that a training epoch on 40 images takes about a second on 2 CPU cores.
-TINY = {"image_size": 32, "base_channels": 8, "max_channels": 32, "latent_dim": 16, "disc_channels": 8,
-        "feature_disc_hidden": (32, 16)}
+TINY = {
+    "image_size": 32,
+    "base_channels": 8,
+    "max_channels": 32,
+    "latent_dim": 16,
+    "disc_channels": 8,
+    "feature_disc_hidden": (32, 16),
+}
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

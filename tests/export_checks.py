@@ -77,16 +77,26 @@ def _run(command: list[str], cwd: Path, timeout: int = 240) -> subprocess.Comple
 
 
 def _folder(root: Path) -> Folder:
-    return Folder(name="tiny", root=root, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                  normal_test_dir="test/normal", train_batch_size=16, eval_batch_size=16, num_workers=0, seed=0)
+    return Folder(
+        name="tiny",
+        root=root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=16,
+        eval_batch_size=16,
+        num_workers=0,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SALAD (with discriminators and restoration decoder) trained for one epoch."""
     torch.manual_seed(0)
-    engine = Engine(max_epochs=1, default_root_dir=tmp_path_factory.mktemp("run"), logger=False,
-                    enable_progress_bar=False)
+    engine = Engine(
+        max_epochs=1, default_root_dir=tmp_path_factory.mktemp("run"), logger=False, enable_progress_bar=False
+    )
     engine.fit(Salad(**TINY), datamodule=_folder(tiny_scans))
     return Path(engine.trainer.checkpoint_callback.best_model_path)
 
@@ -114,9 +124,12 @@ def inferencer(exports: dict[str, Path]) -> SaladInferencer:
 @pytest.fixture(scope="module")
 def images(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     """Grayscale scans as they are, and tinted RGB copies of another size (the graph resizes them)."""
-    gray = sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:3] + sorted(
-        (tiny_scans / "test" / "normal").glob("*.png"),
-    )[:3]
+    gray = (
+        sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:3]
+        + sorted(
+            (tiny_scans / "test" / "normal").glob("*.png"),
+        )[:3]
+    )
     folder = tmp_path_factory.mktemp("rgb")
     rgb = []
     for index, path in enumerate(gray):
@@ -179,8 +192,18 @@ def test_cli_export_openvino_from_checkpoint(
     torch_model: Salad,
     images: dict[str, list[Path]],
 ) -> None:
-    command = [str(Path(sys.executable).with_name("anomalib")), "export", "--model", "anomalib_salad.Salad",
-               "--export_type", "openvino", "--ckpt_path", str(checkpoint), "--default_root_dir", str(tmp_path)]
+    command = [
+        str(Path(sys.executable).with_name("anomalib")),
+        "export",
+        "--model",
+        "anomalib_salad.Salad",
+        "--export_type",
+        "openvino",
+        "--ckpt_path",
+        str(checkpoint),
+        "--default_root_dir",
+        str(tmp_path),
+    ]
     _run(command, cwd=tmp_path)
     xml = tmp_path / "weights" / "openvino" / "model.xml"
     prediction = SaladInferencer(xml).predict(images["gray"])
@@ -267,8 +290,9 @@ def test_parity_single_image_paths(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # anomalib's inferencer creates ./openvino_cache
-    anomalib_inferencer = OpenVINOInferencer(exports["openvino"], device="CPU",
-                                             config={"INFERENCE_PRECISION_HINT": "f32"})
+    anomalib_inferencer = OpenVINOInferencer(
+        exports["openvino"], device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"}
+    )
     for path in images[kind]:
         reference = _torch_predict(torch_model, to_model_input(read_image(path)))
         ours = inferencer.predict(path)
@@ -287,8 +311,14 @@ def test_parity_numpy_arrays(images: dict[str, list[Path]], torch_model: Salad, 
     gray_uint8 = np.asarray(Image.open(path))
     assert gray_uint8.ndim == 2
     reference = _torch_predict(torch_model, to_model_input(read_image(path)))
-    for array in (gray_uint8, gray_uint8[..., None], gray_uint8[None], np.repeat(gray_uint8[..., None], 3, axis=-1),
-                  gray_uint8.astype(np.float32) / 255, Image.open(path)):
+    for array in (
+        gray_uint8,
+        gray_uint8[..., None],
+        gray_uint8[None],
+        np.repeat(gray_uint8[..., None], 3, axis=-1),
+        gray_uint8.astype(np.float32) / 255,
+        Image.open(path),
+    ):
         prediction = inferencer.predict(array)
         _assert_parity(prediction.pred_score, prediction.pred_label, prediction.anomaly_map, reference)
 
@@ -364,18 +394,30 @@ def _copy_images(paths: list[Path], folder: Path) -> Path:
     return folder
 
 
-def test_cli_predict_runs_the_exported_ir(exports: dict[str, Path], images: dict[str, list[Path]],
-                                          tmp_path: Path) -> None:
+def test_cli_predict_runs_the_exported_ir(
+    exports: dict[str, Path], images: dict[str, list[Path]], tmp_path: Path
+) -> None:
     folder = _copy_images(images["gray"][:2] + images["rgb"][:2], tmp_path / "in")
-    command = [str(Path(sys.executable).with_name("anomalib")), "predict", "--model", "anomalib_salad.SaladOpenVINO",
-               "--model.path", str(exports["openvino"]), "--data", str(folder), "--default_root_dir", str(tmp_path)]
+    command = [
+        str(Path(sys.executable).with_name("anomalib")),
+        "predict",
+        "--model",
+        "anomalib_salad.SaladOpenVINO",
+        "--model.path",
+        str(exports["openvino"]),
+        "--data",
+        str(folder),
+        "--default_root_dir",
+        str(tmp_path),
+    ]
     _run(command, cwd=tmp_path)
     overlays = sorted(path.name for path in (tmp_path / "SaladOpenVINO").rglob("*.png"))
     assert overlays == sorted(path.name for path in folder.iterdir())
 
 
-def test_engine_predict_matches_the_inferencer(exports: dict[str, Path], images: dict[str, list[Path]],
-                                               inferencer: SaladInferencer, tmp_path: Path) -> None:
+def test_engine_predict_matches_the_inferencer(
+    exports: dict[str, Path], images: dict[str, list[Path]], inferencer: SaladInferencer, tmp_path: Path
+) -> None:
     # Two image sizes: one image per batch, resized by the graph.
     folder = _copy_images(images["gray"] + images["rgb"], tmp_path / "in")
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
@@ -389,10 +431,19 @@ def test_engine_predict_matches_the_inferencer(exports: dict[str, Path], images:
     assert len(batches) == len(images["gray"]) + len(images["rgb"])
 
 
-def test_engine_test_evaluates_the_exported_ir(exports: dict[str, Path], tiny_scans: Path,
-                                               inferencer: SaladInferencer, tmp_path: Path) -> None:
-    datamodule = Folder(name="tiny", root=tiny_scans, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                        normal_test_dir="test/normal", eval_batch_size=16, num_workers=0, val_split_mode="none")
+def test_engine_test_evaluates_the_exported_ir(
+    exports: dict[str, Path], tiny_scans: Path, inferencer: SaladInferencer, tmp_path: Path
+) -> None:
+    datamodule = Folder(
+        name="tiny",
+        root=tiny_scans,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        eval_batch_size=16,
+        num_workers=0,
+        val_split_mode="none",
+    )
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     metrics = engine.test(SaladOpenVINO(exports["openvino"], visualizer=False), datamodule=datamodule)[0]
     abnormal = sorted((tiny_scans / "test" / "abnormal").glob("*.png"))
@@ -402,14 +453,23 @@ def test_engine_test_evaluates_the_exported_ir(exports: dict[str, Path], tiny_sc
     assert metrics["image_AUROC"] == pytest.approx(float(binary_auroc(scores, labels)), abs=1e-6)
 
 
-def test_one_auroc_for_one_checkpoint(checkpoint: Path, exports: dict[str, Path], tiny_scans: Path,
-                                     tmp_path: Path) -> None:
+def test_one_auroc_for_one_checkpoint(
+    checkpoint: Path, exports: dict[str, Path], tiny_scans: Path, tmp_path: Path
+) -> None:
     """Engine.test from the checkpoint (what ``anomalib test --ckpt_path`` runs), the benchmark's job, the exported IR
     and the raw scores: one AUROC, because Salad's post-processor keeps the ranking (no clamp ties)."""
 
     def data() -> Folder:  # a fresh one each time: a model's pre-processor attaches its transform to the datasets
-        return Folder(name="tiny", root=tiny_scans, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                      normal_test_dir="test/normal", eval_batch_size=16, num_workers=0, val_split_mode="none")
+        return Folder(
+            name="tiny",
+            root=tiny_scans,
+            normal_dir="train/normal",
+            abnormal_dir="test/abnormal",
+            normal_test_dir="test/normal",
+            eval_batch_size=16,
+            num_workers=0,
+            val_split_mode="none",
+        )
 
     def engine() -> Engine:  # likewise: a trainer keeps the callbacks its last model configured
         return Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
@@ -452,8 +512,14 @@ def bad_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     root = tmp_path_factory.mktemp("bad")
     padim = Padim(backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=8)
     files = {name: root / f"{name}.ckpt" for name in ("padim", "plain", "state_dict", "garbage", "empty")}
-    torch.save({"state_dict": padim.state_dict(), "hyper_parameters": dict(padim.hparams),
-                "pytorch-lightning_version": lightning.__version__}, files["padim"])
+    torch.save(
+        {
+            "state_dict": padim.state_dict(),
+            "hyper_parameters": dict(padim.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        files["padim"],
+    )
     torch.save({"weights": torch.zeros(3), "epoch": 3}, files["plain"])
     torch.save(Salad(**TINY).state_dict(), files["state_dict"])
     files["garbage"].write_text("not a checkpoint")
@@ -504,8 +570,9 @@ def test_missing_or_wrong_exported_model(exports: dict[str, Path], tmp_path: Pat
         SaladInferencer(tmp_path / "other.xml")
 
 
-def test_layouts_and_uint8_run_in_the_graph(images: dict[str, list[Path]], torch_model: Salad,
-                                           inferencer: SaladInferencer) -> None:
+def test_layouts_and_uint8_run_in_the_graph(
+    images: dict[str, list[Path]], torch_model: Salad, inferencer: SaladInferencer
+) -> None:
     # OpenVINO's PrePostProcessor transposes and scales: NumPy hands batches over as they were read.
     rgb = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in images["rgb"]])  # (N, H, W, 3) uint8
     reference = _torch_predict(torch_model, to_model_input(rgb))
@@ -542,8 +609,9 @@ def test_wrong_channel_count(shape: tuple[int, ...], inferencer: SaladInferencer
         inferencer.predict(array)
 
 
-def test_anomalib_inferencer_error_on_four_channels_is_obscure(exports: dict[str, Path], tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_anomalib_inferencer_error_on_four_channels_is_obscure(
+    exports: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Why SaladInferencer validates: anomalib passes (1, H, W, 4) on and OpenVINO rejects the shape.
     monkeypatch.chdir(tmp_path)
     anomalib_inferencer = OpenVINOInferencer(exports["openvino"], device="CPU")
@@ -562,8 +630,13 @@ def test_bad_values(inferencer: SaladInferencer) -> None:
         inferencer.predict([])
 
 
-def test_unreadable_images(tmp_path: Path, inferencer: SaladInferencer, exports: dict[str, Path],
-                           images: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_images(
+    tmp_path: Path,
+    inferencer: SaladInferencer,
+    exports: dict[str, Path],
+    images: dict[str, list[Path]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     text = tmp_path / "text.png"
     text.write_text("not an image")
     truncated = tmp_path / "truncated.png"
@@ -608,8 +681,10 @@ def antialiased(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     engine = Engine(max_epochs=1, default_root_dir=root, logger=False, enable_progress_bar=False)
     engine.fit(Salad(**TINY, antialias=True), datamodule=_folder(tiny_scans))
     model = load_salad_checkpoint(engine.trainer.checkpoint_callback.best_model_path).eval()
-    paths = {kind: engine.export(model=model, export_type=kind, export_root=root / kind.value)
-             for kind in (ExportType.ONNX, ExportType.OPENVINO)}
+    paths = {
+        kind: engine.export(model=model, export_type=kind, export_root=root / kind.value)
+        for kind in (ExportType.ONNX, ExportType.OPENVINO)
+    }
     large = root / "large"
     large.mkdir()
     for index, path in enumerate(sorted((tiny_scans / "test" / "abnormal").glob("*.png"))[:3]):
@@ -620,8 +695,16 @@ def antialiased(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     resize = model.pre_processor.transform.transforms[0]
     assert resize.antialias
     reference = _torch_predict(model, resize(torch.from_numpy(batch)).numpy())
-    return {"model": model, "root": root, "large": large, "files": files, "batch": batch, "reference": reference,
-            "onnx": paths[ExportType.ONNX], "openvino": paths[ExportType.OPENVINO]}
+    return {
+        "model": model,
+        "root": root,
+        "large": large,
+        "files": files,
+        "batch": batch,
+        "reference": reference,
+        "onnx": paths[ExportType.ONNX],
+        "openvino": paths[ExportType.OPENVINO],
+    }
 
 
 def test_antialiased_model_deploys_with_its_training_pixels(
@@ -637,15 +720,29 @@ def test_antialiased_model_deploys_with_its_training_pixels(
         np.testing.assert_allclose(prediction.pred_score, reference["pred_score"], rtol=RTOL, atol=atol)
     by_path = inferencer.predict([str(path) for path in files])
     np.testing.assert_allclose(by_path.pred_score, reference["pred_score"], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(_torch_predict(antialiased["model"], batch)["pred_score"], reference["pred_score"],
-                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(
+        _torch_predict(antialiased["model"], batch)["pred_score"], reference["pred_score"], rtol=RTOL, atol=ATOL
+    )
     monkeypatch.chdir(tmp_path)  # anomalib's inferencer creates ./openvino_cache
     theirs = OpenVINOInferencer(antialiased["openvino"], device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
     for index, path in enumerate(files):
-        np.testing.assert_allclose(np.ravel(theirs.predict(path).pred_score), reference["pred_score"][index],
-                                   rtol=RTOL, atol=ATOL)
-    assert score.main(["--model", str(antialiased["openvino"]), "--input", str(antialiased["large"]),
-                       "--output", str(tmp_path / "scored"), "--no-progress"]) == 0
+        np.testing.assert_allclose(
+            np.ravel(theirs.predict(path).pred_score), reference["pred_score"][index], rtol=RTOL, atol=ATOL
+        )
+    assert (
+        score.main(
+            [
+                "--model",
+                str(antialiased["openvino"]),
+                "--input",
+                str(antialiased["large"]),
+                "--output",
+                str(tmp_path / "scored"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with (tmp_path / "scored" / "scores.csv").open() as handle:
         scored = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
     np.testing.assert_allclose([scored[path.name] for path in files], reference["pred_score"], rtol=RTOL, atol=ATOL)

@@ -123,15 +123,30 @@ def scans(base_scans: Path, tmp_path: Path) -> Path:
 
 
 def _datamodule(root: Path, cls: type[Folder] = Folder, num_workers: int = 0, **kwargs) -> Folder:
-    return cls(name="bad", root=root, normal_dir="train/normal", abnormal_dir="test/abnormal",
-               normal_test_dir="test/normal", train_batch_size=4, eval_batch_size=4, num_workers=num_workers,
-               seed=0, **kwargs)
+    return cls(
+        name="bad",
+        root=root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=num_workers,
+        seed=0,
+        **kwargs,
+    )
 
 
 def _engine(root: Path, *callbacks: Callback) -> Engine:
     # ImageFileCheck is passed explicitly until Salad.configure_callbacks adds it (see test_salad_adds_the_check).
-    return Engine(max_epochs=1, default_root_dir=root / "results", logger=False, enable_progress_bar=False,
-                  enable_model_summary=False, callbacks=[ImageFileCheck(), *callbacks])
+    return Engine(
+        max_epochs=1,
+        default_root_dir=root / "results",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ImageFileCheck(), *callbacks],
+    )
 
 
 class RawBatches(Callback):
@@ -369,8 +384,15 @@ def test_scan_rereads_a_file_that_changed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("datamodule_cls", [Folder, CheckedFolder])
-@pytest.mark.parametrize(("name", "split"), [("truncated_png", "train/normal"), ("truncated_jpeg", "test/abnormal"),
-                                             ("text_as_png", "test/normal"), ("zero_bytes", "train/normal")])
+@pytest.mark.parametrize(
+    ("name", "split"),
+    [
+        ("truncated_png", "train/normal"),
+        ("truncated_jpeg", "test/abnormal"),
+        ("text_as_png", "test/normal"),
+        ("zero_bytes", "train/normal"),
+    ],
+)
 def test_engine_names_unreadable_files_before_training(
     name: str, split: str, datamodule_cls: type[Folder], num_workers: int, scans: Path
 ) -> None:
@@ -387,8 +409,11 @@ def test_engine_names_unreadable_files_before_training(
 def test_engine_refuses_16bit_with_anomalibs_folder(num_workers: int, scans: Path) -> None:
     path = scans / "train" / "normal" / "ct.png"
     Image.fromarray(_uint16(4095)).save(path)
-    with pytest.raises(ImageFileError, match=r"ct\.png: I;16 image .* clips it at 255\. Read it with "
-                                             r"anomalib_salad\.image_io\.CheckedFolder"):
+    with pytest.raises(
+        ImageFileError,
+        match=r"ct\.png: I;16 image .* clips it at 255\. Read it with "
+        r"anomalib_salad\.image_io\.CheckedFolder",
+    ):
         _engine(scans).train(Salad(**TINY), datamodule=_datamodule(scans, Folder, num_workers))
 
 
@@ -447,8 +472,9 @@ def test_engine_handles_odd_but_valid_images(
     raw = RawBatches()
     model = Salad(**TINY)
     with caplog.at_level(logging.WARNING, logger="anomalib_salad.image_io"):
-        (results,) = _engine(scans, raw).train(model, datamodule=_datamodule(scans, CheckedFolder, num_workers,
-                                                                              bit_depth=12))
+        (results,) = _engine(scans, raw).train(
+            model, datamodule=_datamodule(scans, CheckedFolder, num_workers, bit_depth=12)
+        )
     assert 0 <= results["image_AUROC"] <= 1
     # Images already at the network's size reach it unchanged (alpha dropped, 12-bit over 4095, 8-bit over 255).
     torch.testing.assert_close(raw.named("dicom_8bit_0_to_12.png"), _gray3(GRAY // 20, 255))
@@ -489,13 +515,19 @@ def test_file_broken_after_the_scan_is_named_from_the_worker(scans: Path) -> Non
 SALAD_ADDS_CHECK = any(isinstance(callback, ImageFileCheck) for callback in Salad(**TINY).configure_callbacks())
 
 
-@pytest.mark.xfail(not SALAD_ADDS_CHECK, reason="proposed: Salad.configure_callbacks adds ImageFileCheck()",
-                   strict=True)
+@pytest.mark.xfail(
+    not SALAD_ADDS_CHECK, reason="proposed: Salad.configure_callbacks adds ImageFileCheck()", strict=True
+)
 def test_salad_adds_the_check(scans: Path) -> None:
     """With plain anomalib Folder and no callback of the user's, a bad file is still named before training."""
     path = _write_unreadable(scans / "test" / "normal", "truncated_png")
-    engine = Engine(max_epochs=1, default_root_dir=scans / "results", logger=False, enable_progress_bar=False,
-                    enable_model_summary=False)
+    engine = Engine(
+        max_epochs=1,
+        default_root_dir=scans / "results",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(ImageFileError, match="cannot be used") as caught:
         engine.train(Salad(**TINY), datamodule=_datamodule(scans))
     assert str(path) in str(caught.value)
@@ -507,15 +539,46 @@ def test_cli_trains_on_12bit_scans_with_checked_folder(scans: Path) -> None:
     model = ["--model", "anomalib_salad.Salad"]
     for key, value in TINY.items():
         model += [f"--model.{key}", str(list(value)) if isinstance(value, tuple) else str(value)]
-    data = ["--data", "anomalib_salad.image_io.CheckedFolder", "--data.bit_depth", "12", "--data.name", "ct",
-            "--data.root", str(scans), "--data.normal_dir", "train/normal", "--data.abnormal_dir", "test/abnormal",
-            "--data.normal_test_dir", "test/normal", "--data.num_workers", "0", "--data.seed", "0"]
+    data = [
+        "--data",
+        "anomalib_salad.image_io.CheckedFolder",
+        "--data.bit_depth",
+        "12",
+        "--data.name",
+        "ct",
+        "--data.root",
+        str(scans),
+        "--data.normal_dir",
+        "train/normal",
+        "--data.abnormal_dir",
+        "test/abnormal",
+        "--data.normal_test_dir",
+        "test/normal",
+        "--data.num_workers",
+        "0",
+        "--data.seed",
+        "0",
+    ]
     anomalib = Path(sys.executable).with_name("anomalib")
     result = subprocess.run(
-        [str(anomalib), "train", *model, *data, "--trainer.max_epochs", "1", "--trainer.enable_progress_bar",
-         "false", "--default_root_dir", str(scans / "results")],
-        cwd=scans, env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}, capture_output=True,
-        text=True, timeout=600, check=False,
+        [
+            str(anomalib),
+            "train",
+            *model,
+            *data,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--default_root_dir",
+            str(scans / "results"),
+        ],
+        cwd=scans,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "image_AUROC" in result.stdout + result.stderr

@@ -488,11 +488,22 @@ def test_paper_protocol_writes_no_final_rows_for_a_stopped_run(
 def test_paper_protocol_trains_ganomaly_from_the_image_cache(
     tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = {"name": "tiny", "root": str(tiny_scans), "normal_dir": "train/normal", "abnormal_dir": "test/abnormal",
-            "normal_test_dir": "test/normal", "train_batch_size": 16, "eval_batch_size": 16, "num_workers": 0,
-            "val_split_mode": "from_test", "val_split_ratio": 0.5, "seed": 0}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"image_size": 32}},
-                                                          "data": {"init_args": data}}))
+    data = {
+        "name": "tiny",
+        "root": str(tiny_scans),
+        "normal_dir": "train/normal",
+        "abnormal_dir": "test/abnormal",
+        "normal_test_dir": "test/normal",
+        "train_batch_size": 16,
+        "eval_batch_size": 16,
+        "num_workers": 0,
+        "val_split_mode": "from_test",
+        "val_split_ratio": 0.5,
+        "seed": 0,
+    }
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"init_args": {"image_size": 32}}, "data": {"init_args": data}})
+    )
     argv = ["paper_protocol.py", "--config", str(tmp_path / "config.yaml"), "--model", "ganomaly", "--epochs", "1"]
     argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
     argv += ["--scores-out", str(tmp_path / "scores")]

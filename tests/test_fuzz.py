@@ -172,13 +172,21 @@ def _proxy_tasks_validate_inputs() -> bool:
     return True
 
 
-MODEL_GAP = None if _model_validates_inputs() else (
-    "to_network_input checks neither dtype (conv raises 'Input type (double) and bias type (float)', kornia "
-    "'Unknown data type') nor NaN/Inf (NaN scores come out); see the proposed validation"
+MODEL_GAP = (
+    None
+    if _model_validates_inputs()
+    else (
+        "to_network_input checks neither dtype (conv raises 'Input type (double) and bias type (float)', kornia "
+        "'Unknown data type') nor NaN/Inf (NaN scores come out); see the proposed validation"
+    )
 )
-TASK_GAP = None if _proxy_tasks_validate_inputs() else (
-    "proxy tasks pass NaN/Inf through and raise obscure RuntimeErrors on an empty batch or zero channels "
-    "(max() of an empty tensor, reshape of 0 elements, multinomial of 0 samples); see the proposed validation"
+TASK_GAP = (
+    None
+    if _proxy_tasks_validate_inputs()
+    else (
+        "proxy tasks pass NaN/Inf through and raise obscure RuntimeErrors on an empty batch or zero channels "
+        "(max() of an empty tensor, reshape of 0 elements, multinomial of 0 samples); see the proposed validation"
+    )
 )
 
 

@@ -24,9 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _folder(root: Path, cls: type[Folder] = Folder, **kwargs) -> Folder:
-    args = {"name": "tiny", "root": root, "normal_dir": "train/normal", "abnormal_dir": "test/abnormal",
-            "normal_test_dir": "test/normal", "train_batch_size": 16, "eval_batch_size": 16, "num_workers": 0,
-            "seed": 0}
+    args = {
+        "name": "tiny",
+        "root": root,
+        "normal_dir": "train/normal",
+        "abnormal_dir": "test/abnormal",
+        "normal_test_dir": "test/normal",
+        "train_batch_size": 16,
+        "eval_batch_size": 16,
+        "num_workers": 0,
+        "seed": 0,
+    }
     return cls(**(args | kwargs))
 
 
@@ -129,7 +137,10 @@ def test_validation_logs_the_brightness_shortcut_for_a_label_free_checkpoint(tin
         dirpath=tmp_path / "label_free", monitor="image_NormalBrightnessShortcut", mode="min", save_top_k=1
     )
     engine = Engine(
-        max_epochs=3, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
         callbacks=[outputs, label_free],
     )
     engine.fit(Salad(**TINY), datamodule=_folder(tiny_scans))
@@ -155,8 +166,13 @@ def test_python_api_train(tiny_scans: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "ablation",
-    [{"restoration_weight": 0}, {"adv_weight": 0}, {"restoration_shared_layers": -1}, {"restoration_shared_layers": 2},
-     {"center_weight": 0, "score": "center"}],
+    [
+        {"restoration_weight": 0},
+        {"adv_weight": 0},
+        {"restoration_shared_layers": -1},
+        {"restoration_shared_layers": 2},
+        {"center_weight": 0, "score": "center"},
+    ],
 )
 def test_ablations_train(ablation: dict, tiny_scans: Path, tmp_path: Path) -> None:
     engine = _engine(tmp_path, epochs=1)
@@ -167,8 +183,9 @@ def test_ablations_train(ablation: dict, tiny_scans: Path, tmp_path: Path) -> No
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     anomalib = Path(sys.executable).with_name("anomalib")
-    return subprocess.run([str(anomalib), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return subprocess.run(
+        [str(anomalib), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def _model_args() -> list[str]:
@@ -179,16 +196,40 @@ def _model_args() -> list[str]:
 
 
 def _data_args(root: Path) -> list[str]:
-    return ["--data", "anomalib.data.Folder", "--data.name", "tiny", "--data.root", str(root),
-            "--data.normal_dir", "train/normal", "--data.abnormal_dir", "test/abnormal",
-            "--data.normal_test_dir", "test/normal", "--data.num_workers", "0", "--data.seed", "0",
-            "--data.train_batch_size", "16", "--data.eval_batch_size", "16"]
+    return [
+        "--data",
+        "anomalib.data.Folder",
+        "--data.name",
+        "tiny",
+        "--data.root",
+        str(root),
+        "--data.normal_dir",
+        "train/normal",
+        "--data.abnormal_dir",
+        "test/abnormal",
+        "--data.normal_test_dir",
+        "test/normal",
+        "--data.num_workers",
+        "0",
+        "--data.seed",
+        "0",
+        "--data.train_batch_size",
+        "16",
+        "--data.eval_batch_size",
+        "16",
+    ]
 
 
 @pytest.mark.slow
 def test_cli_train_test_predict_and_config(tiny_scans: Path, tmp_path: Path) -> None:
-    common = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--default_root_dir",
-              str(tmp_path)]
+    common = [
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--default_root_dir",
+        str(tmp_path),
+    ]
     result = _cli("train", *_model_args(), *_data_args(tiny_scans), *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "image_AUROC" in result.stdout + result.stderr
@@ -196,19 +237,35 @@ def test_cli_train_test_predict_and_config(tiny_scans: Path, tmp_path: Path) -> 
     assert checkpoints
     ckpt = ["--ckpt_path", str(checkpoints[0])]
     for command in ("test", "validate"):
-        result = _cli(command, *_model_args(), *_data_args(tiny_scans), *ckpt, "--default_root_dir", str(tmp_path),
-                      cwd=tmp_path)
+        result = _cli(
+            command, *_model_args(), *_data_args(tiny_scans), *ckpt, "--default_root_dir", str(tmp_path), cwd=tmp_path
+        )
         assert result.returncode == 0, (command, result.stderr[-3000:])
-    result = _cli("predict", *_model_args(), "--data", str(tiny_scans / "test" / "abnormal"), *ckpt,
-                  "--default_root_dir", str(tmp_path), cwd=tmp_path)
+    result = _cli(
+        "predict",
+        *_model_args(),
+        "--data",
+        str(tiny_scans / "test" / "abnormal"),
+        *ckpt,
+        "--default_root_dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # The shipped model config loads and documents itself, and takes each data config as the README says.
     result = _cli("train", "--config", str(ROOT / "configs/model/salad.yaml"), "--print_config", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "anomalib_salad.Salad" in result.stdout
     for data_config in sorted((ROOT / "configs" / "data").glob("*.yaml")):
-        result = _cli("train", "--config", str(ROOT / "configs/model/salad.yaml"), "--data", str(data_config),
-                      "--print_config", cwd=tmp_path)
+        result = _cli(
+            "train",
+            "--config",
+            str(ROOT / "configs/model/salad.yaml"),
+            "--data",
+            str(data_config),
+            "--print_config",
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, (data_config.name, result.stderr[-3000:])
         assert "class_path: anomalib.data.Folder" in result.stdout
     result = _cli("train", "--model.help", "anomalib_salad.Salad", cwd=tmp_path)
@@ -219,9 +276,20 @@ def test_cli_train_test_predict_and_config(tiny_scans: Path, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_cli_rejects_an_optimizer_override(tiny_scans: Path, tmp_path: Path) -> None:
-    result = _cli("fit", *_model_args(), *_data_args(tiny_scans), "--optimizer", "torch.optim.SGD",
-                  "--optimizer.lr", "0.1", "--trainer.max_epochs", "1", "--default_root_dir", str(tmp_path),
-                  cwd=tmp_path)
+    result = _cli(
+        "fit",
+        *_model_args(),
+        *_data_args(tiny_scans),
+        "--optimizer",
+        "torch.optim.SGD",
+        "--optimizer.lr",
+        "0.1",
+        "--trainer.max_epochs",
+        "1",
+        "--default_root_dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert "cannot be honoured" in result.stderr
 

@@ -19,8 +19,20 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "anomalib_salad"
 LAYERS = {
     "deployment": {"reader", "checkpoint", "deploy", "score"},
-    "model": {"hardware", "torch_model", "loss", "proxy_tasks", "metrics", "pre_processing", "post_processing", "cache",
-              "image_io", "lightning_model", "export", "openvino_model"},
+    "model": {
+        "hardware",
+        "torch_model",
+        "loss",
+        "proxy_tasks",
+        "metrics",
+        "pre_processing",
+        "post_processing",
+        "cache",
+        "image_io",
+        "lightning_model",
+        "export",
+        "openvino_model",
+    },
     "run tooling": {"data", "benchmark"},
 }
 ORDER = list(LAYERS)
@@ -48,8 +60,12 @@ def test_every_module_has_a_layer() -> None:
 def test_imports_go_only_downward_and_form_no_cycle() -> None:
     layer_of = {module: ORDER.index(layer) for layer, modules in LAYERS.items() for module in modules}
     graph = {module: _imports(PACKAGE / f"{module}.py") for module in layer_of}
-    upward = [f"{module} ({ORDER[layer_of[module]]}) imports {dep} ({ORDER[layer_of[dep]]})"
-              for module, deps in graph.items() for dep in deps if layer_of[dep] > layer_of[module]]
+    upward = [
+        f"{module} ({ORDER[layer_of[module]]}) imports {dep} ({ORDER[layer_of[dep]]})"
+        for module, deps in graph.items()
+        for dep in deps
+        if layer_of[dep] > layer_of[module]
+    ]
     assert not upward
     try:
         tuple(TopologicalSorter(graph).static_order())

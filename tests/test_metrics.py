@@ -225,7 +225,7 @@ def test_normal_brightness_correlation_reads_normal_images_only() -> None:
     """Abnormal images never count; the value is Spearman's rho over all batches; its size is the shortcut."""
     correlation, shortcut = NormalBrightnessCorrelation(), NormalBrightnessShortcut()
     brightness = torch.tensor([0.1, 0.5, 0.3, 0.9, 0.7, 0.2])
-    scores = -brightness**3  # darker normal images score higher: rho = -1 whatever the scale
+    scores = -(brightness**3)  # darker normal images score higher: rho = -1 whatever the scale
     labels = torch.tensor([0, 0, 0, 0, 0, 0])
     for part in (slice(0, 4), slice(4, 6)):
         images = brightness[part].view(-1, 1, 1, 1).expand(-1, 3, 8, 8)

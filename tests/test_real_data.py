@@ -29,9 +29,17 @@ def test_pneumoniamnist_short_training(tmp_path: Path) -> None:
     counts = convert(NPZ, tmp_path / "pneumoniamnist")
     assert counts == {"train/normal": 1214, "test/normal": 234, "test/abnormal": 390}
     seed_everything(0)
-    datamodule = Folder(name="pneumoniamnist", root=tmp_path / "pneumoniamnist", normal_dir="train/normal",
-                        abnormal_dir="test/abnormal", normal_test_dir="test/normal", train_batch_size=64,
-                        eval_batch_size=128, num_workers=0, seed=0)
+    datamodule = Folder(
+        name="pneumoniamnist",
+        root=tmp_path / "pneumoniamnist",
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=64,
+        eval_batch_size=128,
+        num_workers=0,
+        seed=0,
+    )
     model = Salad(image_size=32, base_channels=32, max_channels=128, latent_dim=64, score="center")
     engine = Engine(max_epochs=3, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     engine.fit(model, datamodule=datamodule)

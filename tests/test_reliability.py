@@ -14,8 +14,17 @@ from .conftest import TINY
 
 
 def _folder(root: Path) -> Folder:
-    return Folder(name="tiny", root=root, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                  normal_test_dir="test/normal", train_batch_size=16, eval_batch_size=16, num_workers=0, seed=0)
+    return Folder(
+        name="tiny",
+        root=root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=16,
+        eval_batch_size=16,
+        num_workers=0,
+        seed=0,
+    )
 
 
 class StopAfterFirstEpoch(Callback):
@@ -29,8 +38,9 @@ class StopAfterFirstEpoch(Callback):
 def _fit(root: Path, out: Path, ckpt_path: Path | None = None, callbacks: list | None = None) -> Salad:
     seed_everything(0)
     model = Salad(**TINY)
-    engine = Engine(max_epochs=3, default_root_dir=out, logger=False, enable_progress_bar=False,
-                    callbacks=callbacks or [])
+    engine = Engine(
+        max_epochs=3, default_root_dir=out, logger=False, enable_progress_bar=False, callbacks=callbacks or []
+    )
     engine.fit(model, datamodule=_folder(root), ckpt_path=ckpt_path)
     return model
 

@@ -59,8 +59,12 @@ def test_rgb_is_reduced_to_grayscale() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "message"),
-    [((2, 2, 32, 32), "1 \\(grayscale\\) or 3 \\(RGB\\) channels"), ((2, 4, 32, 32), "channels"),
-     ((2, 3, 64, 64), "built for 32x32 inputs, got 64x64"), ((3, 32, 32), "shape \\(B, C, H, W\\)")],
+    [
+        ((2, 2, 32, 32), "1 \\(grayscale\\) or 3 \\(RGB\\) channels"),
+        ((2, 4, 32, 32), "channels"),
+        ((2, 3, 64, 64), "built for 32x32 inputs, got 64x64"),
+        ((3, 32, 32), "shape \\(B, C, H, W\\)"),
+    ],
 )
 def test_bad_input_names_the_problem(shape: tuple[int, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -136,10 +140,13 @@ def test_eval_forward_is_exportable() -> None:
     torch.testing.assert_close(exported.module()(images).pred_score, model(images).pred_score)
 
 
-@pytest.mark.parametrize(("in_channels", "out_channels", "height", "width", "bias"),
-                         [(8, 5, 7, 6, True), (3, 1, 1, 1, True), (16, 4, 2, 3, False), (1, 2, 32, 32, True)])
-def test_phase_conv_transpose_equals_conv_transpose(in_channels: int, out_channels: int, height: int, width: int,
-                                                    bias: bool) -> None:
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "height", "width", "bias"),
+    [(8, 5, 7, 6, True), (3, 1, 1, 1, True), (16, 4, 2, 3, False), (1, 2, 32, 32, True)],
+)
+def test_phase_conv_transpose_equals_conv_transpose(
+    in_channels: int, out_channels: int, height: int, width: int, bias: bool
+) -> None:
     conv = torch.nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=bias)
     inputs = torch.randn(3, in_channels, height, width)
     with torch.no_grad():

@@ -14,8 +14,14 @@ from lightning.pytorch import seed_everything
 
 from anomalib_salad import Salad
 
-TINY = {"image_size": 32, "base_channels": 8, "max_channels": 32, "latent_dim": 16, "disc_channels": 8,
-        "feature_disc_hidden": (32, 16)}
+TINY = {
+    "image_size": 32,
+    "base_channels": 8,
+    "max_channels": 32,
+    "latent_dim": 16,
+    "disc_channels": 8,
+    "feature_disc_hidden": (32, 16),
+}
 
 
 def main() -> None:
@@ -23,15 +29,39 @@ def main() -> None:
     root, out, devices = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     seed_everything(0)
     model = Salad(**TINY)
-    datamodule = Folder(name="tiny", root=root, normal_dir="train/normal", abnormal_dir="test/abnormal",
-                        normal_test_dir="test/normal", train_batch_size=8, eval_batch_size=8, num_workers=0, seed=0)
+    datamodule = Folder(
+        name="tiny",
+        root=root,
+        normal_dir="train/normal",
+        abnormal_dir="test/abnormal",
+        normal_test_dir="test/normal",
+        train_batch_size=8,
+        eval_batch_size=8,
+        num_workers=0,
+        seed=0,
+    )
     strategy = "ddp_find_unused_parameters_true" if devices > 1 else "auto"
-    engine = Engine(max_epochs=2, accelerator="cpu", devices=devices, strategy=strategy,
-                    default_root_dir=out, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    engine = Engine(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        default_root_dir=out,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     engine.fit(model, datamodule=datamodule)
     rank = engine.trainer.global_rank
-    torch.save({"center": model.model.center, "encoder": model.model.encoder.state_dict(),
-                "world_size": engine.trainer.world_size, "bf16": model.bf16}, out / f"center_{rank}.pt")
+    torch.save(
+        {
+            "center": model.model.center,
+            "encoder": model.model.encoder.state_dict(),
+            "world_size": engine.trainer.world_size,
+            "bf16": model.bf16,
+        },
+        out / f"center_{rank}.pt",
+    )
 
 
 if __name__ == "__main__":
