@@ -2,9 +2,16 @@
 
 The three scores differ only at test time, so one trained model gives all three AUROCs, in one run.
 
+``--normal-brightness 0.8 0.9 1.1 1.25`` also measures how much brightness alone moves each score: it rescales the
+intensities of the *normal* test images only (clipped to [0, 1]; anomalous ones unchanged) and prints the AUROC at
+each factor. A score that follows the anatomy barely moves; one that ranks scans by brightness (the collection
+shortcut of the brain MRI split) swings with the factor. This is the causal counterpart of the correlation that
+``paper_protocol.py`` logs (``normal_brightness_*``).
+
 Usage:
     python benchmarks/rescore.py --ckpt runs/benchmark/braintumor_cpu/checkpoints/<run>.ckpt \
         --root ../shared/data/braintumor [--scores-out runs/scores/salad_s0]   # files for figures.py roc --scores
+    python benchmarks/rescore.py --ckpt <run>.ckpt --root ../shared/data/braintumor --normal-brightness 0.8 0.9 1.1 1.25
 """
 
 import argparse
@@ -24,13 +31,17 @@ SCORES = {"feature": "A_F |E(x) - E(D(E(x)))|", "image": "A_I |x - D(E(x))|", "c
 
 
 @torch.no_grad()
-def raw_scores(model: Salad, dataloader: Iterable[Batch], scores: Iterable[str]) -> tuple[dict[str, Tensor], Tensor]:
+def raw_scores(
+    model: Salad, dataloader: Iterable[Batch], scores: Iterable[str], normal_brightness: float = 1.0
+) -> tuple[dict[str, Tensor], Tensor]:
     """Raw (unnormalised) image scores of ``model`` with each anomaly score, and the labels.
 
     Args:
         model: A trained Salad; its ``model.score`` is left at the last of ``scores``.
-        dataloader: Batches with ``image`` and ``gt_label``.
+        dataloader: Batches with ``image`` (in [0, 1]) and ``gt_label``.
         scores: Names from :data:`SCORES`.
+        normal_brightness: Factor applied to the intensities of the normal images (``gt_label == 0``) before the
+            pre-processor, clipped to [0, 1]; anomalous images are unchanged. Defaults to ``1.0`` (none).
 
     Returns:
         tuple[dict[str, Tensor], Tensor]: Scores by name, and the ``0/1`` labels.
@@ -38,7 +49,11 @@ def raw_scores(model: Salad, dataloader: Iterable[Batch], scores: Iterable[str])
     values: dict[str, list[Tensor]] = {name: [] for name in scores}
     labels = []
     for batch in dataloader:
-        images = model.pre_processor.transform(batch.image)  # as validation sees them (an antialiased resize too)
+        images = batch.image
+        if normal_brightness != 1.0:
+            normal = (batch.gt_label == 0).view(-1, 1, 1, 1)
+            images = torch.where(normal, (images * normal_brightness).clamp(0, 1), images)
+        images = model.pre_processor.transform(images)  # as validation sees them (an antialiased resize too)
         for name, collected in values.items():
             model.model.score = name
             collected.append(model.model(images).pred_score)
@@ -55,13 +70,45 @@ def write_scores(directory: Path, paths: list[str], target: torch.Tensor, scores
         pd.DataFrame(frame).to_csv(directory / f"{name}.csv", index=False)
 
 
+def brightness_response(
+    model: Salad, dataloader: Iterable[Batch], scores: Iterable[str], factors: Iterable[float]
+) -> dict[str, dict[float, float]]:
+    """AUROC of each score with the normal images' intensities multiplied by each factor.
+
+    Args:
+        model: A trained Salad.
+        dataloader: A test loader with normal and anomalous images (re-iterated once per factor).
+        scores: Names from :data:`SCORES`.
+        factors: Brightness factors for the normal images; ``1.0`` is the unchanged test set.
+
+    Returns:
+        dict[str, dict[float, float]]: ``{score: {factor: AUROC}}``.
+    """
+    scores = list(scores)
+    table: dict[str, dict[float, float]] = {name: {} for name in scores}
+    for factor in factors:
+        values, target = raw_scores(model, dataloader, scores, normal_brightness=factor)
+        for name in scores:
+            table[name][factor] = float(binary_auroc(values[name], target))
+    return table
+
+
 def main() -> None:
     """Load, score the whole test folder with each score, print AUROC and the normal/abnormal means."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--root", required=True, type=Path, help="Folder dataset: train/normal, test/{normal,abnormal}")
     parser.add_argument("--scores-out", type=Path, help="write <dir>/<score>.csv (image_path, gt_label, pred_score)")
+    parser.add_argument(
+        "--normal-brightness",
+        type=float,
+        nargs="+",
+        metavar="FACTOR",
+        help="also print each score's AUROC with the normal test images' intensities multiplied by each factor",
+    )
     args = parser.parse_args()
+    if args.normal_brightness and any(factor <= 0 for factor in args.normal_brightness):
+        parser.error(f"--normal-brightness: factors must be positive, got {args.normal_brightness}")
 
     model = load_salad_checkpoint(args.ckpt)
     datamodule = Folder(
@@ -86,6 +133,13 @@ def main() -> None:
         )
     if args.scores_out:
         write_scores(args.scores_out, list(datamodule.test_data.samples["image_path"]), target, scores)
+    if args.normal_brightness:
+        factors = [1.0, *args.normal_brightness]
+        table = brightness_response(model, datamodule.test_dataloader(), SCORES, factors)
+        print("\nAUROC with the normal test images' intensities multiplied by a factor (anomalous ones unchanged):")
+        print(f"{'score':<28} " + " ".join(f"{'x' + format(factor, 'g'):>7}" for factor in factors))
+        for name, label in SCORES.items():
+            print(f"{label:<28} " + " ".join(f"{table[name][factor]:>7.4f}" for factor in factors))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Generator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -399,6 +400,30 @@ def _load_benchmark_script(name: str):
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
     return module
+
+
+def test_brightness_response_moves_a_brightness_score_and_only_the_normals() -> None:
+    # A stand-in model whose every score is the image's mean intensity; normals at 0.5, anomalies at 0.4..0.7.
+    rescore = _load_benchmark_script("rescore")
+    seen: list[torch.Tensor] = []
+
+    class MeanIntensity:
+        score = None
+
+        def __call__(self, images: torch.Tensor) -> SimpleNamespace:
+            seen.append(images)
+            return SimpleNamespace(pred_score=images.mean(dim=(1, 2, 3)))
+
+    model = SimpleNamespace(pre_processor=SimpleNamespace(transform=lambda images: images), model=MeanIntensity())
+    levels = torch.tensor([0.5, 0.5, 0.5, 0.4, 0.6, 0.7])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    batch = SimpleNamespace(image=levels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone(), gt_label=labels)
+    table = rescore.brightness_response(model, [batch], ["feature"], [1.0, 0.5, 2.0])
+    # x1: 0.5 beats 0.4 only -> each normal loses to 2 of 3 anomalies: AUROC 6/9. x0.5 (0.25): all anomalies above.
+    # x2 (clipped to 1.0): every normal above every anomaly: 0.
+    assert table["feature"] == pytest.approx({1.0: 6 / 9, 0.5: 1.0, 2.0: 0.0})
+    assert torch.equal(seen[0][3:], seen[1][3:])  # anomalous images untouched
+    assert seen[2].max() == 1.0  # clipped, as an image cannot be brighter than white
 
 
 def _tiny_protocol_config(tiny_scans: Path, tmp_path: Path) -> Path:
