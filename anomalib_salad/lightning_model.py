@@ -157,9 +157,10 @@ class Salad(AnomalibModule):
             unchanged. Defaults to ``True``.
         train_precision: ``"auto"`` trains with bf16 autocast where the device computes bf16 natively (AMX or
             AVX512-BF16 CPUs, recent GPUs) and, on a CPU, a few timed forward and backward passes at setup show it
-            at least 1.1x faster than fp32 (it was not on one AVX512-BF16 Xeon); fp32 elsewhere. ``"32"`` always
-            fp32; ``"bf16"`` always bf16 (refused on a CPU without native bf16, where it runs ~27x slower). Losses,
-            the center and scoring stay fp32. The choice and its evidence are logged. Defaults to ``"auto"``.
+            at least 1.1x faster than fp32 (it was not on one AVX512-BF16 Xeon); fp32 elsewhere. ``"32"`` (or the
+            number 32, as YAML reads it) always fp32; ``"bf16"`` always bf16 (refused on a CPU without native bf16,
+            where it runs ~27x slower). Losses, the center and scoring stay fp32. The choice and its evidence are
+            logged. Defaults to ``"auto"``.
         channels_last: Train in the channels-last memory format. Defaults to ``False``.
         compile_networks: ``torch.compile`` the networks for the fit (compilation takes a minute or more at the
             start; the checkpoint and export are unchanged). Defaults to ``False``.
@@ -217,7 +218,7 @@ class Salad(AnomalibModule):
         constant_lr_fraction: float = 0.5,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         cache_images: bool = True,
-        train_precision: Literal["auto", "32", "bf16"] = "auto",
+        train_precision: Literal["auto", "32", "bf16", 32] = "auto",
         channels_last: bool = False,
         compile_networks: bool = False,
         antialias: bool = True,
@@ -274,6 +275,7 @@ class Salad(AnomalibModule):
         self.lr, self.betas, self.constant_lr_fraction = lr, (beta1, beta2), constant_lr_fraction
         self.nonfinite_loss = nonfinite_loss
         self.nonfinite_steps = 0
+        train_precision = str(train_precision)  # YAML and ``--set train_precision=32`` give the number 32
         if train_precision not in {"auto", "32", "bf16"}:
             msg = f"train_precision must be 'auto', '32' or 'bf16', got {train_precision!r}"
             raise ValueError(msg)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from anomalib.data import Folder
 from anomalib.engine import Engine
+from jsonargparse import ArgumentParser
 from torchvision.transforms.v2 import ColorJitter
 
 from anomalib_salad import Salad, lightning_model
@@ -211,6 +212,17 @@ def test_precision_probe_leaves_the_model_and_the_random_stream_alone() -> None:
     assert all(torch.equal(weights[name], value) for name, value in model.model.state_dict().items())
     assert all(parameter.grad is None for parameter in model.parameters())
     assert model._time_precisions(torch.device("cpu")) is timing  # measured once per process and shape
+
+
+def test_train_precision_32_from_yaml_is_the_string_32() -> None:
+    # YAML (a config file, or paper_protocol.py's --set) reads 32 as a number; it must mean fp32, not an error.
+    parser = ArgumentParser()
+    parser.add_class_arguments(Salad, "model")
+    config = parser.parse_string("model:\n  train_precision: 32\n")
+    assert config.model.train_precision == 32
+    assert Salad(**TINY, train_precision=config.model.train_precision).train_precision == "32"
+    with pytest.raises(ValueError, match="train_precision must be 'auto', '32' or 'bf16', got '16'"):
+        Salad(**TINY, train_precision=16)
 
 
 def test_native_bf16_reads_the_cpu_flags() -> None:
