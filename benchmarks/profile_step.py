@@ -9,7 +9,7 @@ each component, its share of the step, and the ten most expensive operators.
 
 Usage:
     python benchmarks/profile_step.py --root ../shared/data/braintumor
-    python benchmarks/profile_step.py --set 'train_precision="32"'    # the fp32 path (a YAML string), for comparison
+    python benchmarks/profile_step.py --set train_precision=32    # the fp32 path, for comparison
 """
 
 import argparse
