@@ -47,7 +47,7 @@ from anomalib_salad.cache import CachedImages, ImageCache, _resize_of
 from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rescore import SCORES, raw_scores, write_scores
+from rescore import SCORES, raw_scores, scores_of, write_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [
@@ -123,7 +123,7 @@ class ScoreCurves(Callback):
         loader = torch.utils.data.DataLoader(self.test, batch_size=128, collate_fn=self.test.collate_fn)
         was_training = pl_module.training
         pl_module.eval()
-        scores, target = score_test_split(pl_module, loader)
+        scores, target = raw_scores(pl_module, loader, scores_of(pl_module))
         row: dict[str, Any] = {**self.tags, "epoch": epoch}
         row |= {f"auroc_{name}": round(float(binary_auroc(values, target)), 4) for name, values in scores.items()}
         intensity = mean_intensity(self.test)
@@ -195,22 +195,6 @@ def mean_intensity(images: CachedImages) -> torch.Tensor:
     return images.images.float().mean(dim=(1, 2, 3)).cpu()
 
 
-@torch.no_grad()
-def score_test_split(model: LightningModule, loader: torch.utils.data.DataLoader) -> tuple[dict[str, Any], Any]:
-    """Raw test scores by name (SALAD: each Table V score; other models: their ``pred_score``) and the labels."""
-    if isinstance(model, Salad):
-        score = model.model.score
-        scores = raw_scores(model, loader, SCORES)
-        model.model.score = score
-        return scores
-    values, labels = [], []
-    for batch in loader:
-        images = batch.image.expand(-1, 3, -1, -1)  # the cache keeps grayscale images as one channel
-        values.append(model.model(model.pre_processor.transform(images)).pred_score.flatten())
-        labels.append(batch.gt_label)
-    return {"score": torch.cat(values)}, torch.cat(labels).int()
-
-
 def build_model(name: str, model_args: dict[str, Any], batch_size: int) -> LightningModule:
     """SALAD or the SSIM autoencoder from the config's model arguments, or GANomaly with its defaults at that size."""
     if name == "ganomaly":
@@ -280,7 +264,7 @@ def main() -> None:
     model.eval()
     test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")
     loader = torch.utils.data.DataLoader(test, batch_size=128, collate_fn=test.collate_fn)
-    scores, target = score_test_split(model, loader)
+    scores, target = raw_scores(model, loader, scores_of(model))
     intensity = mean_intensity(test)
     command = "python " + " ".join(sys.argv)
     rows = []

@@ -1,6 +1,8 @@
 """Score one trained SALAD checkpoint with each anomaly score of Table V (A_F, A_I, A_C) on a Folder test set.
 
-The three scores differ only at test time, so one trained model gives all three AUROCs, in one run.
+The three scores differ only at test time, so one trained model gives all three AUROCs, in one run. ``--model
+ganomaly`` scores an anomalib GANomaly checkpoint (``paper_protocol.py --model ganomaly``) with its own score instead,
+so that the comparison models get the same brightness test.
 
 ``--normal-brightness 0.8 0.9 1.1 1.25`` also measures how much brightness alone moves each score: it rescales the
 intensities of the *normal* test images only (clipped to [0, 1]; anomalous ones unchanged) and prints the AUROC at
@@ -12,15 +14,20 @@ Usage:
     python benchmarks/rescore.py --ckpt runs/benchmark/braintumor_cpu/checkpoints/<run>.ckpt \
         --root ../shared/data/braintumor [--scores-out runs/scores/salad_s0]   # files for figures.py roc --scores
     python benchmarks/rescore.py --ckpt <run>.ckpt --root ../shared/data/braintumor --normal-brightness 0.8 0.9 1.1 1.25
+    python benchmarks/rescore.py --model ganomaly --ckpt <run>.ckpt --root ../shared/data/braintumor \
+        --normal-brightness 0.8 0.9 1.1 1.25
 """
 
 import argparse
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 import torch
 from anomalib.data import Batch, Folder
+from anomalib.models import Ganomaly
+from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
@@ -28,6 +35,12 @@ from anomalib_salad import Salad
 from anomalib_salad.export import load_salad_checkpoint
 
 SCORES = {"feature": "A_F |E(x) - E(D(E(x)))|", "image": "A_I |x - D(E(x))|", "center": "A_C |E(x) - C|"}
+OWN_SCORE = {"score": "its own pred_score"}  # any other anomalib image model (GANomaly)
+
+
+def scores_of(model: LightningModule) -> dict[str, str]:
+    """Table V's three scores for SALAD (and the SSIM autoencoder, the same class), the model's own score otherwise."""
+    return SCORES if isinstance(model, Salad) else OWN_SCORE
 
 
 @torch.no_grad()
@@ -37,9 +50,10 @@ def raw_scores(
     """Raw (unnormalised) image scores of ``model`` with each anomaly score, and the labels.
 
     Args:
-        model: A trained Salad; its ``model.score`` is left at the last of ``scores``.
+        model: A trained Salad (its ``model.score`` is switched per name and restored), or another anomalib image
+            model scored by its own ``pred_score`` (name ``"score"``, :data:`OWN_SCORE`).
         dataloader: Batches with ``image`` (in [0, 1]) and ``gt_label``.
-        scores: Names from :data:`SCORES`.
+        scores: Names from :data:`SCORES`, or ``["score"]``.
         normal_brightness: Factor applied to the intensities of the normal images (``gt_label == 0``) before the
             pre-processor, clipped to [0, 1]; anomalous images are unchanged. Defaults to ``1.0`` (none).
 
@@ -48,16 +62,24 @@ def raw_scores(
     """
     values: dict[str, list[Tensor]] = {name: [] for name in scores}
     labels = []
-    for batch in dataloader:
-        images = batch.image
-        if normal_brightness != 1.0:
-            normal = (batch.gt_label == 0).view(-1, 1, 1, 1)
-            images = torch.where(normal, (images * normal_brightness).clamp(0, 1), images)
-        images = model.pre_processor.transform(images)  # as validation sees them (an antialiased resize too)
-        for name, collected in values.items():
-            model.model.score = name
-            collected.append(model.model(images).pred_score)
-        labels.append(batch.gt_label)
+    own = getattr(model.model, "score", None)
+    try:
+        for batch in dataloader:
+            images = batch.image
+            if "score" in values:  # anomalib's image models take three channels; the cache keeps grayscale as one
+                images = images.expand(-1, 3, -1, -1)
+            if normal_brightness != 1.0:
+                normal = (batch.gt_label == 0).view(-1, 1, 1, 1)
+                images = torch.where(normal, (images * normal_brightness).clamp(0, 1), images)
+            images = model.pre_processor.transform(images)  # as validation sees them (an antialiased resize too)
+            for name, collected in values.items():
+                if name != "score":
+                    model.model.score = name
+                collected.append(model.model(images).pred_score.flatten().float().cpu())
+            labels.append(batch.gt_label)
+    finally:
+        if own is not None:
+            model.model.score = own
     return {name: torch.cat(collected) for name, collected in values.items()}, torch.cat(labels).int()
 
 
@@ -78,7 +100,7 @@ def brightness_response(
     Args:
         model: A trained Salad.
         dataloader: A test loader with normal and anomalous images (re-iterated once per factor).
-        scores: Names from :data:`SCORES`.
+        scores: Names from :data:`SCORES`, or ``["score"]``.
         factors: Brightness factors for the normal images; ``1.0`` is the unchanged test set.
 
     Returns:
@@ -93,10 +115,34 @@ def brightness_response(
     return table
 
 
+def load_model(path: Path, name: str) -> LightningModule:
+    """A trained SALAD (checked by :func:`load_salad_checkpoint`) or GANomaly checkpoint, in eval mode.
+
+    Raises:
+        SystemExit: If ``path`` is missing or a GANomaly checkpoint lost its pre-processor's resize.
+    """
+    if not path.is_file():
+        sys.exit(f"--ckpt: no checkpoint at {path}")
+    if name == "salad":
+        return load_salad_checkpoint(path)
+    # GANomaly builds its networks for the pre-processor's size in __init__, and load_from_checkpoint would build them
+    # for the default 256 px (live pre-processors are not hyperparameters): read the stored resize first.
+    config = torch.load(path, map_location="cpu", weights_only=True).get("anomalib_pre_processor_config") or {}
+    transforms = config.get("transform", {}).get("init_args", {}).get("transforms", [config.get("transform", {})])
+    sizes = [t["init_args"]["size"] for t in transforms if t.get("class_path", "").endswith(".Resize")]
+    if not sizes:
+        sys.exit(f"{path}: the pre-processor's resize was not stored, so GANomaly's input size is unknown")
+    pre_processor = Ganomaly.configure_pre_processor(tuple(sizes[0]))
+    return Ganomaly.load_from_checkpoint(path, map_location="cpu", pre_processor=pre_processor).eval()
+
+
 def main() -> None:
     """Load, score the whole test folder with each score, print AUROC and the normal/abnormal means."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True, type=Path)
+    parser.add_argument(
+        "--model", choices=["salad", "ganomaly"], default="salad", help="the checkpoint's model (SALAD: all of Table V)"
+    )
     parser.add_argument("--root", required=True, type=Path, help="Folder dataset: train/normal, test/{normal,abnormal}")
     parser.add_argument("--scores-out", type=Path, help="write <dir>/<score>.csv (image_path, gt_label, pred_score)")
     parser.add_argument(
@@ -110,7 +156,8 @@ def main() -> None:
     if args.normal_brightness and any(factor <= 0 for factor in args.normal_brightness):
         parser.error(f"--normal-brightness: factors must be positive, got {args.normal_brightness}")
 
-    model = load_salad_checkpoint(args.ckpt)
+    model = load_model(args.ckpt, args.model)
+    names = scores_of(model)
     datamodule = Folder(
         name="rescore",
         root=args.root,
@@ -122,10 +169,10 @@ def main() -> None:
         val_split_mode="none",
     )
     datamodule.setup()
-    scores, target = raw_scores(model, datamodule.test_dataloader(), SCORES)
+    scores, target = raw_scores(model, datamodule.test_dataloader(), names)
     print(f"{args.ckpt.name}: {len(target)} test images ({int(target.sum())} abnormal)")
     print(f"{'score':<28} {'AUROC':>7} {'mean normal':>12} {'mean abnormal':>14}")
-    for name, label in SCORES.items():
+    for name, label in names.items():
         values = scores[name]
         print(
             f"{label:<28} {float(binary_auroc(values, target)):>7.4f} {float(values[target == 0].mean()):>12.5f} "
@@ -135,10 +182,10 @@ def main() -> None:
         write_scores(args.scores_out, list(datamodule.test_data.samples["image_path"]), target, scores)
     if args.normal_brightness:
         factors = [1.0, *args.normal_brightness]
-        table = brightness_response(model, datamodule.test_dataloader(), SCORES, factors)
+        table = brightness_response(model, datamodule.test_dataloader(), names, factors)
         print("\nAUROC with the normal test images' intensities multiplied by a factor (anomalous ones unchanged):")
         print(f"{'score':<28} " + " ".join(f"{'x' + format(factor, 'g'):>7}" for factor in factors))
-        for name, label in SCORES.items():
+        for name, label in names.items():
             print(f"{label:<28} " + " ".join(f"{table[name][factor]:>7.4f}" for factor in factors))
 
 

@@ -531,7 +531,7 @@ def test_paper_protocol_trains_ganomaly_from_the_image_cache(
     )
     argv = ["paper_protocol.py", "--config", str(tmp_path / "config.yaml"), "--model", "ganomaly", "--epochs", "1"]
     argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
-    argv += ["--scores-out", str(tmp_path / "scores")]
+    argv += ["--scores-out", str(tmp_path / "scores"), "--every", "1"]  # validating writes the checkpoint
     monkeypatch.setattr(sys, "argv", [*argv, "--work-dir", str(tmp_path / "work")])
     with caplog.at_level(logging.INFO, logger="anomalib_salad.cache"):
         _load_benchmark_script("paper_protocol").main()
@@ -546,6 +546,17 @@ def test_paper_protocol_trains_ganomaly_from_the_image_cache(
     auroc = binary_auroc(torch.tensor(scores["pred_score"].values), torch.tensor(scores["gt_label"].values))
     assert float(auroc) == pytest.approx(rows["auroc"].iloc[0], abs=1e-4)
     assert curves["auroc_score"].between(0, 1).all()
+
+    # rescore.py loads the checkpoint and gives the same per-image scores from the image files (the cache's pixels
+    # are the pre-processor's), so GANomaly gets the same brightness test as SALAD.
+    (checkpoint,) = (tmp_path / "work").rglob("model.ckpt")
+    argv = ["rescore.py", "--model", "ganomaly", "--ckpt", str(checkpoint), "--root", str(tiny_scans)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--scores-out", str(tmp_path / "rescored"), "--normal-brightness", "0.5"])
+    _load_benchmark_script("rescore").main()
+    rescored = pd.read_csv(tmp_path / "rescored" / "score.csv").set_index("image_path")["pred_score"]
+    assert len(rescored) == 40
+    expected = scores.set_index("image_path")["pred_score"]
+    assert rescored[expected.index].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-4, abs=1e-6)
 
 
 def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
