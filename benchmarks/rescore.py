@@ -98,7 +98,7 @@ def brightness_response(
     """AUROC of each score with the normal images' intensities multiplied by each factor.
 
     Args:
-        model: A trained Salad.
+        model: A trained model, as for :func:`raw_scores`.
         dataloader: A test loader with normal and anomalous images (re-iterated once per factor).
         scores: Names from :data:`SCORES`, or ``["score"]``.
         factors: Brightness factors for the normal images; ``1.0`` is the unchanged test set.
@@ -119,7 +119,8 @@ def load_model(path: Path, name: str) -> LightningModule:
     """A trained SALAD (checked by :func:`load_salad_checkpoint`) or GANomaly checkpoint, in eval mode.
 
     Raises:
-        SystemExit: If ``path`` is missing or a GANomaly checkpoint lost its pre-processor's resize.
+        SystemExit: If ``path`` is missing, is not a GANomaly checkpoint where one is asked for, or lost its
+            pre-processor's resize.
     """
     if not path.is_file():
         sys.exit(f"--ckpt: no checkpoint at {path}")
@@ -127,7 +128,10 @@ def load_model(path: Path, name: str) -> LightningModule:
         return load_salad_checkpoint(path)
     # GANomaly builds its networks for the pre-processor's size in __init__, and load_from_checkpoint would build them
     # for the default 256 px (live pre-processors are not hyperparameters): read the stored resize first.
-    config = torch.load(path, map_location="cpu", weights_only=True).get("anomalib_pre_processor_config") or {}
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not any(key.startswith("model.generator.") for key in checkpoint.get("state_dict", {})):
+        sys.exit(f"{path}: not a GANomaly checkpoint (no generator weights); leave out --model ganomaly for SALAD's")
+    config = checkpoint.get("anomalib_pre_processor_config") or {}
     transforms = config.get("transform", {}).get("init_args", {}).get("transforms", [config.get("transform", {})])
     sizes = [t["init_args"]["size"] for t in transforms if t.get("class_path", "").endswith(".Resize")]
     if not sizes:

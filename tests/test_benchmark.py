@@ -557,6 +557,12 @@ def test_paper_protocol_trains_ganomaly_from_the_image_cache(
     assert len(rescored) == 40
     expected = scores.set_index("image_path")["pred_score"]
     assert rescored[expected.index].to_numpy() == pytest.approx(expected.to_numpy(), rel=1e-4, abs=1e-6)
+    # A checkpoint of another model, or none, is named as such instead of failing deep inside load_state_dict.
+    torch.save({"state_dict": {"model.encoder.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit, match=r"other\.ckpt: not a GANomaly checkpoint"):
+        _load_benchmark_script("rescore").load_model(tmp_path / "other.ckpt", "ganomaly")
+    with pytest.raises(SystemExit, match="no checkpoint at"):
+        _load_benchmark_script("rescore").load_model(tmp_path / "missing.ckpt", "ganomaly")
 
 
 def test_label_free_rule_picks_the_lowest_heldout_loss() -> None:
