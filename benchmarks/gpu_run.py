@@ -26,6 +26,10 @@ tiny sizes (generated scans, a narrow model, 2 epochs); the compile variant is t
 Usage (the README's "One GPU run" section gives the device command with the offline wheels):
     python benchmarks/gpu_run.py --out gpu_results --budget-min 8        # on one GPU
     python benchmarks/gpu_run.py --smoke --out /tmp/gpu_smoke            # CPU, under a minute
+    python benchmarks/gpu_run.py --out gpu_results --budget-min 4.5 --stages ae --seed 1   # a short second call
+
+``--stages`` picks stages and their order (the trainings use ``--train-variant``, else the fastest variant measured
+before them, else bf16); the compiled variant keeps time for SALAD only when a SALAD training is still to come.
 """
 
 # ruff: noqa: E402
@@ -96,6 +100,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 #: The SSIM autoencoder of Table III: every weight but L_str's at zero (the unused networks are not built).
 AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
+#: Every stage, in the default order (the order of value): step 1's variants and batch check, then the trainings.
+STAGES = ("fp32", "bf16", "bf16+channels-last", "batch256", "bf16+compile", "salad", "ae", "ganomaly")
 BIG_BATCH_STEPS = 3
 TARGET_IMAGES_PER_S = 1500
 
@@ -590,7 +596,7 @@ def build_model(ctx: Context, kind: str) -> tuple[LightningModule, str, tuple[Ca
             "fp32 (anomalib defaults; its BCELoss refuses autocast), images cached on the device",
             (ImageCache(),),
         )
-    fastest = ctx.fastest or {"variant": "bf16", "settings": salad_settings(ctx, VARIANTS["bf16"])[0]}
+    fastest = ctx.fastest
     weights = AUTOENCODER if kind == "ae" else {}
     model = Salad(image_size=ctx.size.image_size, **ctx.size.salad, **fastest["settings"], **weights, visualizer=False)
     return model, fastest["variant"], ()
@@ -598,7 +604,7 @@ def build_model(ctx: Context, kind: str) -> tuple[LightningModule, str, tuple[Ca
 
 def train_stage(ctx: Context, kind: str) -> dict[str, Any]:
     """Train one model for the run's epochs (validating after the last), then score the test split."""
-    seed_everything(0, verbose=False)
+    seed_everything(ctx.args.seed, verbose=False)
     model, config, callbacks = build_model(ctx, kind)
     data = datamodule(ctx, ctx.size.batch)
     reset_memory(ctx.device)
@@ -727,12 +733,12 @@ def protected_s(ctx: Context) -> tuple[float, str]:
     return needed, f"{needed:.0f} s kept for the {ctx.size.epochs}-epoch SALAD run"
 
 
-def run_variant(ctx: Context, name: str) -> None:
+def run_variant(ctx: Context, name: str, salad_follows: bool = True) -> None:
     """Step 1, one configuration: skipped when it would not fit; compilation also when it would starve SALAD.
 
     The plain variants take seconds and decide how fast SALAD trains, so they run whenever they fit (capped at three
     times their estimate); the compiled one costs minutes of compilation whose length is hard to foresee, so it must
-    leave the SALAD run its projected time.
+    leave the SALAD run its projected time when that run is still to come (``salad_follows``).
     """
     size, stage = ctx.size, f"throughput {name}"
     compiled = VARIANTS[name].get("compile_networks", False)
@@ -742,7 +748,7 @@ def run_variant(ctx: Context, name: str) -> None:
     rows = [row for row in ctx.report["throughput"] if not row["compile_networks"]]
     needs = rows[-1]["wall_s"] * 1.25 if rows else size.first_variant_s
     if compiled:
-        protected, why = protected_s(ctx)
+        protected, why = protected_s(ctx) if salad_follows else (0.0, "")
         run_stage(
             ctx, stage, needs + size.compile_s, ctx.left() - protected, lambda: throughput_variant(ctx, name), why
         )
@@ -762,57 +768,76 @@ def run_big_batch(ctx: Context) -> None:
 
 
 def choose_fastest(ctx: Context) -> None:
-    """The configuration of the trainings: the measured variant with the shortest projected training."""
+    """The configuration of the trainings.
+
+    ``--train-variant`` if given, else the measured variant with the shortest projected training, else bf16 (fp32
+    where bf16 is not native).
+    """
     row = best_row(ctx)
-    if row is None:
-        return
-    ctx.fastest = {
-        "variant": row["variant"],
-        "settings": row["settings"],
-        "projected_s": row["projected_s"],
-        "chosen_by": f"shortest projected {ctx.size.epochs}-epoch wall time (one-time cost + steady epochs)",
-    }
+    name = ctx.args.train_variant or (row["variant"] if row else "bf16")
+    if ctx.args.train_variant or row is None:
+        chosen_by = "--train-variant" if ctx.args.train_variant else "the default: no throughput stage had run"
+        ctx.fastest = {"variant": name, "settings": salad_settings(ctx, VARIANTS[name])[0], "chosen_by": chosen_by}
+        print(f"trainings with {name} ({chosen_by})", flush=True)
+    else:
+        ctx.fastest = {
+            "variant": name,
+            "settings": row["settings"],
+            "projected_s": row["projected_s"],
+            "chosen_by": f"shortest projected {ctx.size.epochs}-epoch wall time (one-time cost + steady epochs)",
+        }
+        print(f"fastest for {ctx.size.epochs} epochs: {name} (~{row['projected_s']:.0f} s projected)", flush=True)
     ctx.report["fastest"] = ctx.fastest
-    print(f"fastest for {ctx.size.epochs} epochs: {row['variant']} (~{row['projected_s']:.0f} s projected)", flush=True)
 
 
 def run(ctx: Context) -> None:
-    """The stages in order of value: throughput table and batch 256, SALAD, the autoencoder, GANomaly."""
+    """The stages of ``--stages`` in order; by default throughput table, batch 256, SALAD, autoencoder, GANomaly."""
+    size, stages = ctx.size, ctx.args.stages
+    if any(stage in VARIANTS for stage in stages):
+        print(
+            f"\nThroughput: {size.image_size} px, batch {size.batch}, "
+            f"{'paper widths' if not size.salad else 'tiny widths'}, five losses, Engine.fit, images cached on "
+            f"{ctx.device.type}; {size.throughput_epochs} epochs each, the first not timed",
+            flush=True,
+        )
+        print(
+            f"{'variant':<20} {'precision':<14} {'one-time s':>9} {'epoch s':>8} {'img/s':>8} "
+            f"{f'{size.epochs} ep min':>10} {'peak GiB':>9}",
+            flush=True,
+        )
+    for index, stage in enumerate(stages):
+        if stage in VARIANTS:
+            run_variant(ctx, stage, salad_follows="salad" in stages[index:])
+        elif stage == "batch256":
+            run_big_batch(ctx)
+        else:
+            if ctx.fastest is None:
+                choose_fastest(ctx)
+                print(
+                    f"\nTrainings: {size.epochs} epochs, batch {size.batch}, seed {ctx.args.seed}, on {ctx.root}",
+                    flush=True,
+                )
+            run_training(ctx, stage)
+
+
+def run_training(ctx: Context, kind: str) -> None:
+    """One training stage, started if it is projected to fit.
+
+    SALAD's duration is projected from the throughput table; the autoencoder's and GANomaly's speed is unknown until
+    they run, so they start when three epochs fit and their guard stops them when the rest won't.
+    """
     size = ctx.size
-    print(
-        f"\nThroughput: {size.image_size} px, batch {size.batch}, "
-        f"{'paper widths' if not size.salad else 'tiny widths'}, five losses, Engine.fit, images cached on "
-        f"{ctx.device.type}; {size.throughput_epochs} epochs each, the first not timed",
-        flush=True,
-    )
-    print(
-        f"{'variant':<20} {'precision':<14} {'one-time s':>9} {'epoch s':>8} {'img/s':>8} "
-        f"{f'{size.epochs} ep min':>10} {'peak GiB':>9}",
-        flush=True,
-    )
-    plain = [name for name, variant in VARIANTS.items() if not variant.get("compile_networks")]
-    for name in plain:
-        run_variant(ctx, name)
-    run_big_batch(ctx)  # before compilation, whose cost is the least predictable
-    for name in [name for name in VARIANTS if name not in plain]:
-        run_variant(ctx, name)
-    choose_fastest(ctx)
-
-    print(f"\nTrainings: {size.epochs} epochs, batch {size.batch}, seed 0, on {ctx.root}", flush=True)
-    run_stage(
-        ctx, "train salad", salad_estimate(ctx) or size.first_variant_s, ctx.left(), lambda: train_stage(ctx, "salad")
-    )
     row, plain_row = best_row(ctx), best_row(ctx, include_compile=False)
-    for kind in ("ae", "ganomaly"):
-        # Their speed is unknown until they run: start if a few epochs fit; the guard stops them when the rest won't.
-        epoch_s = ctx.salad_epoch_s or (row["epoch_s"] if row else 1.0)
-        one_time = (plain_row or row)["one_time_s"] if (plain_row or row) else size.first_variant_s
-        needs = one_time + 3 * epoch_s + tail_s(ctx, epoch_s)
-        why = "it starts when 3 epochs fit; its guard stops it once the other epochs are projected not to"
-        run_stage(ctx, f"train {kind}", needs, ctx.left(), lambda kind=kind: train_stage(ctx, kind), why)
-
-
-# ----------------------------------------------------------------------------------------------------- report
+    if kind == "salad":
+        run_stage(
+            ctx, "train salad", salad_estimate(ctx) or size.first_variant_s, ctx.left(), lambda: train_stage(ctx, kind)
+        )
+        return
+    epoch_s = ctx.salad_epoch_s or (row["epoch_s"] if row else 1.0)
+    one_time = (plain_row or row)["one_time_s"] if (plain_row or row) else size.first_variant_s
+    needs = one_time + 3 * epoch_s + tail_s(ctx, epoch_s)
+    why = "it starts when 3 epochs fit; its guard stops it once the other epochs are projected not to"
+    run_stage(ctx, f"train {kind}", needs, ctx.left(), lambda: train_stage(ctx, kind), why)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -856,7 +881,9 @@ def targets(ctx: Context) -> dict[str, Any]:
         ),
         f"batch_{ctx.size.big_batch}_fits": big["fits"] if big else None,
         f"salad_{ctx.size.epochs}_epochs_in_budget": (
-            salad["epochs_trained"] == salad["epochs_planned"] and not salad["stopped"] if salad else False
+            salad["epochs_trained"] == salad["epochs_planned"] and not salad["stopped"]
+            if salad
+            else (False if "salad" in ctx.args.stages else None)
         ),
     }
 
@@ -873,13 +900,17 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"torch {env['torch']} (CUDA {env['cuda']}), lightning {env['lightning']}, anomalib {env['anomalib']}; "
         f"budget {report['budget_s']:.0f} s, elapsed {report['elapsed_s']:.0f} s; {report['finished'] or 'running'}",
-        "",
-        f"## Throughput: {size['image_size']} px, batch {size['batch']}, five losses, `Engine.fit`, images cached on "
-        "the device",
-        "",
-        f"| configuration | precision | one-time s | epoch s | train img/s | {size['epochs']}-epoch min | peak GiB |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if report["throughput"]:
+        lines += [
+            "",
+            f"## Throughput: {size['image_size']} px, batch {size['batch']}, five losses, `Engine.fit`, images cached "
+            "on the device",
+            "",
+            f"| configuration | precision | one-time s | epoch s | train img/s | {size['epochs']}-epoch min "
+            "| peak GiB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
     notes = sorted({row["note"] for row in report["throughput"] if row["note"]})
     for row in report["throughput"]:
         note = f" [{notes.index(row['note']) + 1}]" if row["note"] else ""
@@ -895,11 +926,11 @@ def markdown(report: dict[str, Any]) -> str:
         speed = f", {big['images_per_s']:.0f} img/s over {big['steps']} steps" if big.get("images_per_s") else ""
         lines += ["", f"Batch {big['batch']} ({big['variant']}): {verdict}{memory}{speed}."]
     if report.get("fastest"):
-        lines += ["", f"Fastest: **{report['fastest']['variant']}** ({report['fastest']['chosen_by']})."]
+        lines += ["", f"Trainings with **{report['fastest']['variant']}** ({report['fastest']['chosen_by']})."]
     lines += [
         "",
-        f"## Trainings: {size['epochs']} epochs, batch {size['batch']}, seed 0; test split, metrics at the best-F1 "
-        "threshold",
+        f"## Trainings: {size['epochs']} epochs, batch {size['batch']}, seed {report['args'].get('seed', '0')}; "
+        "test split, metrics at the best-F1 threshold",
         "",
         "| model | configuration | epochs | fit s | img/s | score | AUROC | F1 | ACC | SEN | SPE |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -987,7 +1018,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--smoke", action="store_true", help="same code on the CPU at tiny sizes, under a minute")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of each training (default 200; smoke 2)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--stages",
+        type=lambda text: [stage.strip() for stage in text.split(",") if stage.strip()],
+        default=list(STAGES),
+        help=f"stages to run, in this order (default: {','.join(STAGES)})",
+    )
+    parser.add_argument(
+        "--train-variant",
+        choices=list(VARIANTS),
+        default=None,
+        help="configuration of the trainings (default: the fastest measured, else bf16)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the trainings (the data split stays at seed 0)")
+    args = parser.parse_args(argv)
+    unknown = [stage for stage in args.stages if stage not in STAGES]
+    if unknown:
+        parser.error(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    return args
 
 
 def quiet() -> None:

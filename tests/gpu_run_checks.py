@@ -120,6 +120,7 @@ def _simulate(
     rates: dict,
     budget_s: float,
     train_s: float = 100.0,
+    stages: tuple[str, ...] | None = None,
 ) -> dict:
     """The GPU run's plan with stages replaced by fakes that advance a fake clock (25 s of imports first)."""
     now = [1000.0]
@@ -147,17 +148,19 @@ def _simulate(
         return {"batch": 256, "variant": "bf16", "fits": True, "peak_gib": 40.0, "steps": 3, "images_per_s": 2e3}
 
     def train(ctx, kind: str) -> None:
+        trained_with[kind] = ctx.fastest["variant"]
         now[0] += min(train_s, ctx.left())
 
+    trained_with = {}
     monkeypatch.setattr(gpu_run, "throughput_variant", variant)
     monkeypatch.setattr(gpu_run, "big_batch_check", big_batch)
     monkeypatch.setattr(gpu_run, "train_stage", train)
-    args = SimpleNamespace(out=tmp_path)
+    args = SimpleNamespace(out=tmp_path, stages=list(stages or gpu_run.STAGES), seed=0, train_variant=None)
     report = gpu_run.new_report(args, gpu_run.GPU, tmp_path, torch.device("cpu"), budget_s)
     deadline = now[0] - 25 + budget_s - gpu_run.GPU.reserve_s
     ctx = gpu_run.Context(args, gpu_run.GPU, tmp_path, tmp_path, torch.device("cpu"), report, deadline=deadline)
     gpu_run.run(ctx)
-    return report
+    return report | {"trained_with": trained_with}
 
 
 def test_plan_on_a_fast_gpu_runs_every_stage(gpu_run, monkeypatch, tmp_path: Path) -> None:
@@ -260,3 +263,32 @@ def test_a_spent_budget_skips_every_stage_with_its_reason(tmp_path: Path) -> Non
             assert "allowed" in item["reason"]
     assert report["targets"]["salad_2_epochs_in_budget"] is False
     assert "train salad: skipped" in (tmp_path / "gpu_run.md").read_text()
+
+
+def test_chosen_stages_run_in_the_order_given(gpu_run, monkeypatch, tmp_path: Path) -> None:
+    # A short second call: one training first, then the compiled variant, which need not keep time for SALAD.
+    report = _simulate(gpu_run, monkeypatch, tmp_path, FAST, budget_s=480, stages=("ae", "bf16+compile"))
+    assert [(stage["stage"], stage["status"]) for stage in report["stages"]] == [
+        ("train ae", "done"),
+        ("throughput bf16+compile", "done"),
+    ]
+    assert report["fastest"]["variant"] == "bf16"  # nothing measured before the training: the default
+    assert "no throughput stage had run" in report["fastest"]["chosen_by"]
+    assert report["trained_with"] == {"ae": "bf16"}
+    assert report["targets"]["salad_200_epochs_in_budget"] is None  # not asked for, so neither met nor missed
+
+
+def test_unknown_stage_is_refused_with_the_choices(gpu_run, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        gpu_run.parse_args(["--out", "x", "--stages", "ae,salda"])
+    error = capsys.readouterr().err
+    assert "unknown stage(s) salda" in error
+    assert "ganomaly" in error
+
+
+def test_compiling_keeps_time_for_salad_only_when_salad_is_to_come(gpu_run, monkeypatch, tmp_path: Path) -> None:
+    with_salad = _simulate(gpu_run, monkeypatch, tmp_path, FAST, budget_s=300, stages=("bf16", "bf16+compile", "salad"))
+    without = _simulate(gpu_run, monkeypatch, tmp_path, FAST, budget_s=300, stages=("bf16", "bf16+compile", "ae"))
+    statuses = [{stage["stage"]: stage["status"] for stage in report["stages"]} for report in (with_salad, without)]
+    assert statuses[0]["throughput bf16+compile"] == "skipped"
+    assert statuses[1]["throughput bf16+compile"] == "done"
