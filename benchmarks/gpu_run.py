@@ -84,7 +84,7 @@ from anomalib_salad import Salad
 from anomalib_salad.cache import ImageCache
 from anomalib_salad.data import make_synthetic_scans
 from anomalib_salad.hardware import native_bf16
-from anomalib_salad.metrics import best_f1_statistics
+from anomalib_salad.metrics import best_f1_statistics, matched_auroc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rescore import raw_scores  # one implementation of the three scores
@@ -317,6 +317,7 @@ class Context:
     report: dict[str, Any]
     deadline: float
     test_batches: list[tuple[Tensor, Tensor]] | None = None
+    test_paths: list[str] | None = None
     fastest: dict[str, Any] | None = None
     salad_epoch_s: float | None = None
 
@@ -545,37 +546,47 @@ def big_batch_check(ctx: Context) -> dict[str, Any]:
 
 
 def load_test_batches(ctx: Context) -> list[tuple[Tensor, Tensor]]:
-    """The test split's images and labels, decoded once and shared by the three models."""
+    """The test split's images and labels (and ``ctx.test_paths``), decoded once and shared by the three models."""
     if ctx.test_batches is None:
         data = datamodule(ctx, ctx.size.batch)
         data.setup()
-        ctx.test_batches = [(batch.image, batch.gt_label) for batch in data.test_dataloader()]
+        ctx.test_batches, ctx.test_paths = [], []
+        for batch in data.test_dataloader():
+            ctx.test_batches.append((batch.image, batch.gt_label))
+            ctx.test_paths += [str(path) for path in batch.image_path]
     return ctx.test_batches
 
 
-def metrics_of(scores: Tensor, target: Tensor) -> dict[str, float]:
-    """AUROC and the paper's four statistics at the best-F1 threshold."""
+def metrics_of(scores: Tensor, target: Tensor, intensity: Tensor) -> dict[str, float]:
+    """AUROC, the intensity-matched AUROC, and the paper's four statistics at the best-F1 threshold."""
     stats = best_f1_statistics(scores, target)
-    result = {"auroc": float(binary_auroc(scores, target))}
+    result = {"auroc": float(binary_auroc(scores, target)), "matched_auroc": matched_auroc(scores, target, intensity)}
     return result | {key: float(stats[key]) for key in ("f1", "accuracy", "sensitivity", "specificity", "threshold")}
 
 
 @torch.no_grad()
-def score(ctx: Context, model: LightningModule) -> dict[str, dict[str, float]]:
-    """Raw test scores in fp32 on the device (all three for SALAD), and their metrics."""
+def score(ctx: Context, model: LightningModule) -> tuple[dict[str, Tensor], Tensor]:
+    """Raw test scores in fp32 (all three for SALAD), on the CPU, and the labels."""
     batches = load_test_batches(ctx)
     model.to(ctx.device).eval()
     if isinstance(model, Salad):
         on_device = (_Batch(image.to(ctx.device, non_blocking=True), labels) for image, labels in batches)
         values, target = raw_scores(model, on_device, SCORE_NAMES)
         model.model.score = "feature"
-        return {SCORE_NAMES[name]: metrics_of(v.float().cpu(), target.cpu()) for name, v in values.items()}
+        return {SCORE_NAMES[name]: value.float().cpu() for name, value in values.items()}, target.cpu().int()
     collected, labels = [], []
     for image, label in batches:
         images = model.pre_processor.export_transform(image.to(ctx.device))
         collected.append(model.model(images).pred_score.float().cpu())
         labels.append(label)
-    return {"GANomaly": metrics_of(torch.cat(collected), torch.cat(labels).int())}
+    return {"GANomaly": torch.cat(collected)}, torch.cat(labels).int()
+
+
+def per_image(ctx: Context, scores: dict[str, Tensor], target: Tensor, intensity: Tensor) -> dict[str, list]:
+    """Each test image's path, label, mean intensity and raw scores: what rescoring or a new metric needs later."""
+    return {"image_path": ctx.test_paths, "label": target.tolist(), "mean_intensity": intensity.tolist()} | {
+        name: values.tolist() for name, values in scores.items()
+    }
 
 
 @dataclass
@@ -627,7 +638,10 @@ def train_stage(ctx: Context, kind: str) -> dict[str, Any]:
     if kind == "salad":
         ctx.salad_epoch_s = clock.epoch_s
     scored_at = time.monotonic()
-    scores = score(ctx, model)
+    raw, target = score(ctx, model)
+    # The covariate of the intensity-matched AUROC: each test image's mean intensity, as paper_protocol.py uses it.
+    intensity = torch.cat([image.float().mean(dim=(1, 2, 3)) for image, _ in load_test_batches(ctx)])
+    scores = {name: metrics_of(values, target, intensity) for name, values in raw.items()}
     result = {
         "model": {"salad": "SALAD", "ae": "SSIM autoencoder", "ganomaly": "GANomaly"}[kind],
         "configuration": config,
@@ -644,6 +658,7 @@ def train_stage(ctx: Context, kind: str) -> dict[str, Any]:
         "test_images": sum(len(labels) for _, labels in load_test_batches(ctx)),
         **peak_memory(ctx.device),
         "scores": scores,
+        "per_image": per_image(ctx, raw, target, intensity),
     }
     ctx.report["training"][kind] = result
     if clock.stop_reason:
@@ -662,7 +677,8 @@ def print_training(result: dict[str, Any]) -> None:
     )
     for name, values in result["scores"].items():
         print(
-            f"  {name:<9} AUROC {values['auroc']:.4f}  F1 {values['f1']:.4f}  ACC {values['accuracy']:.4f}  "
+            f"  {name:<9} AUROC {values['auroc']:.4f} (matched {values['matched_auroc']:.4f})  F1 {values['f1']:.4f}  "
+            f"ACC {values['accuracy']:.4f}  "
             f"SEN {values['sensitivity']:.4f}  SPE {values['specificity']:.4f}",
             flush=True,
         )
@@ -932,8 +948,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"## Trainings: {size['epochs']} epochs, batch {size['batch']}, seed {report['args'].get('seed', '0')}; "
         "test split, metrics at the best-F1 threshold",
         "",
-        "| model | configuration | epochs | fit s | img/s | score | AUROC | F1 | ACC | SEN | SPE |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | configuration | epochs | fit s | img/s | score | AUROC | matched AUROC | F1 | ACC | SEN | SPE |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in report["training"].values():
         first = True
@@ -948,7 +964,8 @@ def markdown(report: dict[str, Any]) -> str:
                 else "| | | | | "
             )
             lines.append(
-                f"{head}| {name} | {values['auroc']:.4f} | {values['f1']:.4f} | {values['accuracy']:.4f} | "
+                f"{head}| {name} | {values['auroc']:.4f} | {_number(values.get('matched_auroc'), 4)} | "
+                f"{values['f1']:.4f} | {values['accuracy']:.4f} | "
                 f"{values['sensitivity']:.4f} | {values['specificity']:.4f} |"
             )
             first = False

@@ -239,7 +239,13 @@ def test_smoke_run_covers_every_stage(tmp_path: Path) -> None:
     for result in training.values():
         assert result["epochs_trained"] == result["epochs_planned"] == 2
         assert result["stopped"] is None
-        for metrics in result["scores"].values():
+        images = result["per_image"]
+        count = result["test_images"]
+        assert len(images["image_path"]) == len(images["label"]) == len(images["mean_intensity"]) == count
+        assert 0 < sum(images["label"]) < count  # both classes in the test half
+        for name, metrics in result["scores"].items():
+            assert len(images[name]) == count  # every raw score kept, so the run can be rescored later
+            assert 0.0 <= metrics["matched_auroc"] <= 1.0
             assert set(metrics) >= {"auroc", "f1", "accuracy", "sensitivity", "specificity"}
             assert all(0.0 <= metrics[key] <= 1.0 for key in ("auroc", "f1", "accuracy", "sensitivity", "specificity"))
     assert {stage["stage"] for stage in report["stages"]} == STAGES | {"batch 32"}
