@@ -856,6 +856,9 @@ def run_training(ctx: Context, kind: str) -> None:
     run_stage(ctx, f"train {kind}", needs, ctx.left(), lambda: train_stage(ctx, kind), why)
 
 
+# ----------------------------------------------------------------------------------------------------- report
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and the device, for the report."""
     info: dict[str, Any] = {
