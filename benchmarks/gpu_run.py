@@ -318,6 +318,7 @@ class Context:
     deadline: float
     test_batches: list[tuple[Tensor, Tensor]] | None = None
     test_paths: list[str] | None = None
+    test_intensity: Tensor | None = None
     fastest: dict[str, Any] | None = None
     salad_epoch_s: float | None = None
 
@@ -546,7 +547,11 @@ def big_batch_check(ctx: Context) -> dict[str, Any]:
 
 
 def load_test_batches(ctx: Context) -> list[tuple[Tensor, Tensor]]:
-    """The test split's images and labels (and ``ctx.test_paths``), decoded once and shared by the three models."""
+    """The test split's images and labels, decoded once and shared by the three models.
+
+    Also fills ``ctx.test_paths`` and ``ctx.test_intensity``: each test image's mean intensity, the covariate of the
+    intensity-matched AUROC as ``paper_protocol.py`` uses it.
+    """
     if ctx.test_batches is None:
         data = datamodule(ctx, ctx.size.batch)
         data.setup()
@@ -554,6 +559,7 @@ def load_test_batches(ctx: Context) -> list[tuple[Tensor, Tensor]]:
         for batch in data.test_dataloader():
             ctx.test_batches.append((batch.image, batch.gt_label))
             ctx.test_paths += [str(path) for path in batch.image_path]
+        ctx.test_intensity = torch.cat([image.float().mean(dim=(1, 2, 3)) for image, _ in ctx.test_batches])
     return ctx.test_batches
 
 
@@ -639,8 +645,7 @@ def train_stage(ctx: Context, kind: str) -> dict[str, Any]:
         ctx.salad_epoch_s = clock.epoch_s
     scored_at = time.monotonic()
     raw, target = score(ctx, model)
-    # The covariate of the intensity-matched AUROC: each test image's mean intensity, as paper_protocol.py uses it.
-    intensity = torch.cat([image.float().mean(dim=(1, 2, 3)) for image, _ in load_test_batches(ctx)])
+    intensity = ctx.test_intensity
     scores = {name: metrics_of(values, target, intensity) for name, values in raw.items()}
     result = {
         "model": {"salad": "SALAD", "ae": "SSIM autoencoder", "ganomaly": "GANomaly"}[kind],
