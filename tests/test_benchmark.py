@@ -617,3 +617,30 @@ def test_profile_step_names_each_network_and_loss() -> None:
         model.model.encoder(model.model.decoder(latent))
     counts = {event.key: event.count for event in profiler.key_averages() if event.key.startswith("salad.")}
     assert counts == {"salad.forward encoder": 2, "salad.forward decoder": 2, "salad.structure_loss": 1}
+
+
+def test_profile_step_counts_the_first_step_only() -> None:
+    profile_step = _load_benchmark_script("profile_step")
+    counter = profile_step.CountFirstStep()
+    images, weight = torch.rand(2, 1, 8, 8), torch.rand(4, 1, 3, 3)
+    for step in range(2):
+        trainer, batch = SimpleNamespace(global_step=step), SimpleNamespace(image=images)
+        counter.on_train_batch_start(trainer, None, batch, step)
+        torch.nn.functional.conv2d(images, weight)  # 2 images x 4 channels x 6x6 outputs x 9 taps, 2 FLOPs each
+        counter.on_train_batch_end(trainer, None, None, batch, step)
+    assert (counter.flops, counter.images) == (2 * 2 * 4 * 6 * 6 * 9, 2)
+
+
+def test_profile_step_times_every_convolution_of_the_trained_networks() -> None:
+    profile_step = _load_benchmark_script("profile_step")
+    model = Salad(**TINY)
+    rows = profile_step.layer_rates(model, batch=2, dtype=torch.float32)
+    convolutions = [
+        f"{network}.{name}"
+        for network in ("encoder", "decoder", "image_discriminator")
+        for name, layer in getattr(model.model, network).named_modules()
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    assert [row[0] for row in rows] == convolutions
+    assert rows[0][1] == f"1->{TINY['base_channels']} on 32x32, stride 2"
+    assert all(ms > 0 and rate > 0 for _, _, ms, rate in rows)
