@@ -208,8 +208,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="the last one is profiled")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model argument overrides (YAML)")
     parser.add_argument("--flops", action="store_true", help="count one step's FLOPs; compare with the GEMM rate")
-    parser.add_argument("--layers", action="store_true", help="time each convolution alone (with --flops)")
+    parser.add_argument("--layers", action="store_true", help="+ each convolution timed alone (implies --flops)")
     args = parser.parse_args()
+    args.flops |= args.layers
 
     config = yaml.safe_load(args.config.read_text())
     overrides = dict(item.split("=", 1) for item in args.set)
