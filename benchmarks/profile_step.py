@@ -112,19 +112,8 @@ class CountFirstStep(Callback):
             self.flops = self.counter.get_total_flops()
 
 
-def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size``-cube matrix product in ``dtype`` on this CPU's threads, best of ``repeats``."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # oneDNN/BLAS set-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def _median_seconds(function: Callable[[], Any], repeats: int = 15, warmup: int = 5) -> float:
+def _sorted_seconds(function: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    """Wall times of ``repeats`` calls of ``function`` after ``warmup`` untimed ones, fastest first."""
     for _ in range(warmup):
         function()
     times = []
@@ -132,7 +121,13 @@ def _median_seconds(function: Callable[[], Any], repeats: int = 15, warmup: int 
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return sorted(times)
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a ``size``-cube matrix product in ``dtype`` on this CPU's threads, best of ``repeats``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    return 2 * size**3 / _sorted_seconds(lambda: a @ b, repeats, warmup=1)[0]  # warm-up: oneDNN/BLAS set-up
 
 
 def layer_rates(model: Salad, batch: int, dtype: torch.dtype) -> list[tuple[str, str, float, float]]:
@@ -180,7 +175,7 @@ def layer_rates(model: Salad, batch: int, dtype: torch.dtype) -> list[tuple[str,
 
         with FlopCounterMode(display=False) as counter:
             step()
-        seconds = _median_seconds(step)
+        seconds = _sorted_seconds(step, repeats=15, warmup=5)[7]  # the median
         described = f"{conv.in_channels}->{conv.out_channels} on {shape[-1]}x{shape[-2]}, stride {conv.stride[0]}"
         rows.append((key, described, 1000 * seconds, counter.get_total_flops() / seconds / 1e9))
     return rows
