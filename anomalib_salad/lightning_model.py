@@ -121,7 +121,10 @@ class Salad(AnomalibModule):
             bottleneck. Defaults to ``512``.
         adv_weight: alpha, weight of the LSGAN generator loss L_adv. ``0`` also drops both discriminators.
             Defaults to ``1.0``.
-        structure_weight: beta, weight of the image reconstruction loss L_str. Defaults to ``10.0``.
+        structure_weight: beta, weight of the image reconstruction loss L_str, or ``"l1_matched"`` (not in the
+            paper): beta follows the training batches so that the term is as large as an L1 image error at the
+            paper's weight of 10 would be (:class:`~anomalib_salad.loss.GeneratorLoss`; about 3.6 for SSIM on
+            fitted brain MRI slices). Defaults to ``10.0``.
         feature_weight: gamma, weight of the latent reconstruction loss L_fea = |E(D(z)) - z|.
             Defaults to ``10.0``.
         center_weight: delta, weight of the latent compactness loss (center or KL). Defaults to ``10.0``.
@@ -177,6 +180,11 @@ class Salad(AnomalibModule):
             different brightness, and A_F learns that brightness late in training (docs/results.md); set it near
             the training images' mean intensity (0.23 there) to take that cue away; the anomaly map is then the
             residual of the matched image. ``None`` (the paper) leaves the images as they are. Defaults to ``None``.
+        normal_fpr: Fit the image threshold on the validation split's normal images alone, at this
+            false-positive rate (e.g. ``0.05``), instead of anomalib's best F1 on validation labels; for a
+            validation split of normals held out from training (``val_split_mode: from_train``), which has no
+            anomaly to fit an F1 on. ``anomalib predict``, the export and ``salad-score`` label by it
+            (:class:`~anomalib_salad.post_processing.RankPreservingPostProcessor`). Defaults to ``None``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -197,7 +205,7 @@ class Salad(AnomalibModule):
         max_channels: int = 512,
         latent_dim: int = 512,
         adv_weight: float = 1.0,
-        structure_weight: float = 10.0,
+        structure_weight: float | Literal["l1_matched"] = 10.0,
         feature_weight: float = 10.0,
         center_weight: float = 10.0,
         restoration_weight: float = 10.0,
@@ -223,6 +231,7 @@ class Salad(AnomalibModule):
         compile_networks: bool = False,
         antialias: bool = True,
         mean_intensity: float | None = None,
+        normal_fpr: float | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -230,6 +239,8 @@ class Salad(AnomalibModule):
     ) -> None:
         if pre_processor is True:
             pre_processor = self.configure_pre_processor(image_size, antialias=antialias)
+        if post_processor is True:
+            post_processor = self.configure_post_processor(normal_fpr)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -246,7 +257,7 @@ class Salad(AnomalibModule):
             msg = f"constant_lr_fraction must be in [0, 1], got {constant_lr_fraction}"
             raise ValueError(msg)
         self.loss = GeneratorLoss(adv_weight, structure_weight, feature_weight, center_weight, restoration_weight)
-        weights = (adv_weight, structure_weight, feature_weight, center_weight, restoration_weight)
+        weights = (adv_weight, self.loss.beta, feature_weight, center_weight, restoration_weight)
         # The one place that decides which terms are computed and which networks exist: a zero weight drops both.
         self.active_terms = frozenset(name for name, weight in zip(TERMS, weights, strict=True) if weight > 0)
         self.model = SaladModel(
@@ -316,13 +327,20 @@ class Salad(AnomalibModule):
         )
 
     @staticmethod
-    def configure_post_processor() -> RankPreservingPostProcessor:
+    def configure_post_processor(normal_fpr: float | None = None) -> RankPreservingPostProcessor:
         """Normalisation and thresholds as anomalib fits them, with a strictly increasing squash for its clamp.
 
         Scores beyond the validation range no longer tie at 0 or 1, so ``anomalib test``, ``Engine.test``, the
         benchmark and the exported model all report the AUROC of the raw scores; labels are unchanged.
+
+        Args:
+            normal_fpr: Fit the image threshold at this false-positive rate on the validation normals instead of
+                at the best F1 (``Salad(normal_fpr=...)``). Defaults to ``None``.
+
+        Returns:
+            RankPreservingPostProcessor: The post-processor.
         """
-        return RankPreservingPostProcessor()
+        return RankPreservingPostProcessor(normal_fpr=normal_fpr)
 
     @classmethod
     def configure_visualizer(cls) -> ImageVisualizer:
@@ -605,6 +623,8 @@ class Salad(AnomalibModule):
             with self._autocast():
                 decoded = model.decoder(latent).float()
             terms["str"] = self.structure_loss(images, decoded)
+            if self.loss.matched:
+                self.loss.match(F.l1_loss(decoded.detach(), images), terms["str"])
         if active("fea") or active("adv"):
             noise = torch.randn_like(latent)
             with self._autocast():
@@ -662,6 +682,8 @@ class Salad(AnomalibModule):
             generator_optimizer.step()
         self.center_loss.update_center(self.model.center, samples["latent"])
         logs = {f"loss_{name}": value.detach() for name, value in terms.items()} | {"loss_g": generator_loss.detach()}
+        if self.loss.matched:
+            logs["structure_weight"] = torch.as_tensor(self.loss.beta).detach()
         # Label-free health: a latent spread far below N(0, I)'s 1 is a collapse; a center that keeps moving means
         # the encoder keeps moving every normal code (docs/results.md, brain MRI).
         latent = samples["latent"].detach()

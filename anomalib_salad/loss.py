@@ -17,6 +17,7 @@ from torch import Tensor, nn
 __all__ = [
     "TERMS",
     "CenterLoss",
+    "L1_MATCHED",
     "GeneratorLoss",
     "LatentKLLoss",
     "StructureLoss",
@@ -130,40 +131,99 @@ class LatentKLLoss(nn.Module):
         return 0.5 * (mean.pow(2) + var - var.log() - 1).sum()
 
 
+#: ``structure_weight`` value that sizes L_str like an L1 image error at the paper's weight (:class:`GeneratorLoss`).
+L1_MATCHED = "l1_matched"
+
+
 class GeneratorLoss(nn.Module):
     """Eq. (9): ``L = alpha*L_adv + beta*L_str + gamma*L_fea + delta*L_ct + eta*L_self``.
 
     Which terms are computed at all (and so which networks exist) is decided by the model from the weights
     (:attr:`anomalib_salad.Salad.active_terms`); a term that was not computed counts as zero here.
 
+    ``structure_weight="l1_matched"`` (not in the paper) makes beta follow the training data: ``10 * r`` with ``r``
+    the running ratio of the L1 image error to L_str on the training batches (:meth:`match`, an exponential
+    average), so that ``beta * L_str`` is as large as an L1 structure term at the paper's weight would be. 1 - SSIM
+    and L1 have different scales (about 0.47 against 0.17 on fitted brain MRI slices), so at one weight the SSIM
+    term has more say against the other four terms than Table III's L1 term; matching their sizes leaves only the
+    form of the loss to differ. Measured from normal training images only; ``r`` is saved with the model.
+
     Args:
         adv_weight: alpha, weight of L_adv. Defaults to ``1``.
-        structure_weight: beta, weight of L_str. Defaults to ``10``.
+        structure_weight: beta, weight of L_str, or ``"l1_matched"``. Defaults to ``10``.
         feature_weight: gamma, weight of L_fea. Defaults to ``10``.
         center_weight: delta, weight of L_ct (or of L_KL). Defaults to ``10``.
         restoration_weight: eta, weight of L_self. Defaults to ``10``.
+        momentum: Weight of the past in the running ratio of ``"l1_matched"`` (per step). Defaults to ``0.99``.
 
     Example:
         >>> import torch
         >>> loss = GeneratorLoss()
         >>> loss({"adv": torch.tensor(1.0), "str": torch.tensor(0.5)})
         tensor(6.)
+        >>> matched = GeneratorLoss(structure_weight="l1_matched")
+        >>> matched.match(l1_error=torch.tensor(0.2), structure_term=torch.tensor(0.5))
+        >>> round(float(matched.beta), 3)
+        4.0
     """
+
+    #: beta that ``"l1_matched"`` scales by the measured ratio: the paper's weight of L_str.
+    REFERENCE_WEIGHT = 10.0
 
     def __init__(
         self,
         adv_weight: float = 1.0,
-        structure_weight: float = 10.0,
+        structure_weight: float | Literal["l1_matched"] = 10.0,
         feature_weight: float = 10.0,
         center_weight: float = 10.0,
         restoration_weight: float = 10.0,
+        momentum: float = 0.99,
     ) -> None:
         super().__init__()
-        weights = (adv_weight, structure_weight, feature_weight, center_weight, restoration_weight)
+        self.matched = structure_weight == L1_MATCHED
+        if isinstance(structure_weight, str) and not self.matched:
+            msg = f"structure_weight must be a number or {L1_MATCHED!r}, got {structure_weight!r}"
+            raise ValueError(msg)
+        beta = self.REFERENCE_WEIGHT if self.matched else structure_weight
+        weights = (adv_weight, beta, feature_weight, center_weight, restoration_weight)
         if any(w < 0 for w in weights):
             msg = f"Loss weights must be non-negative, got {dict(zip(TERMS, weights, strict=True))}"
             raise ValueError(msg)
-        self.alpha, self.beta, self.gamma, self.delta, self.eta = weights
+        self.alpha, self._beta, self.gamma, self.delta, self.eta = weights
+        self.momentum = momentum
+        if self.matched:
+            # NaN until the first training step; then the running L1 / L_str ratio, saved in the state dict.
+            self.register_buffer("l1_ratio", torch.tensor(float("nan")))
+
+    @property
+    def beta(self) -> Tensor | float:
+        """The weight of L_str this step: fixed, or ``10 * ratio`` for ``"l1_matched"`` (10 before any step)."""
+        if not self.matched or torch.isnan(self.l1_ratio):
+            return self._beta
+        return self.REFERENCE_WEIGHT * self.l1_ratio
+
+    @torch.no_grad()
+    def match(self, l1_error: Tensor, structure_term: Tensor) -> None:
+        """Fold one step's L1 image error and L_str into the running ratio (``"l1_matched"`` only).
+
+        Under distributed training both values are summed over processes first, so every rank weighs alike.
+
+        Args:
+            l1_error: Mean absolute error of this step's reconstructions.
+            structure_term: This step's L_str.
+        """
+        if not self.matched:
+            return
+        values = torch.stack([l1_error.detach().float(), structure_term.detach().float()]).to(self.l1_ratio.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(values)
+        if not torch.isfinite(values).all() or values[1] <= 0:
+            return
+        ratio = values[0] / values[1]
+        if torch.isnan(self.l1_ratio):
+            self.l1_ratio.copy_(ratio)
+        else:
+            self.l1_ratio.mul_(self.momentum).add_((1 - self.momentum) * ratio)
 
     def forward(self, terms: dict[str, Tensor]) -> Tensor:
         """The weighted sum of the terms computed this step, keyed by :data:`TERMS`."""

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from anomalib.data import InferenceBatch
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from torch import Tensor, nn
 
-__all__ = ["FittedPostProcessor", "RankPreservingPostProcessor", "fitted_post_processing"]
+__all__ = ["FittedPostProcessor", "RankPreservingPostProcessor", "fitted_post_processing", "normal_threshold"]
 
 
 class RankPreservingPostProcessor(PostProcessor):
@@ -36,24 +37,82 @@ class RankPreservingPostProcessor(PostProcessor):
     through a sigmoid, stay valid), 0.5 at the threshold (so ``pred_label`` is unchanged), and strictly
     increasing, so AUROC and the best-F1 statistics equal those of the raw scores.
 
+    With ``normal_fpr`` the image threshold is fitted on the validation split's *normal* images alone: the
+    smallest score that at most that fraction of them exceed. It needs no anomalous image, so it suits a
+    validation split of normal images held out from training (``val_split_mode: from_train``); anomalib's default
+    (the best F1 on validation labels) needs anomalies there. Exports, ``anomalib predict`` and ``salad-score``
+    use the fitted threshold whichever way it was fitted.
+
     Args:
         clamp: Use anomalib's clamp after all. Set when a checkpoint written before the squash became Salad's
             default is loaded, so that it scores as it did (the flag travels in Salad's checkpoints).
+        normal_fpr: False-positive rate on the validation normals that fixes the image threshold, in (0, 1);
+            ``None`` keeps anomalib's best-F1 threshold. Defaults to ``None``.
         **kwargs: anomalib's ``PostProcessor`` arguments.
+
+    Example:
+        >>> import torch
+        >>> from anomalib.data import ImageBatch
+        >>> post_processor = RankPreservingPostProcessor(normal_fpr=0.1)
+        >>> scores = torch.arange(1.0, 11.0)  # ten normal validation images
+        >>> labels = torch.zeros(10, dtype=torch.long)
+        >>> batch = ImageBatch(image=torch.zeros(10, 3, 4, 4), pred_score=scores, gt_label=labels)
+        >>> post_processor.on_validation_batch_end(None, None, batch)
+        >>> post_processor.on_validation_epoch_end(None, None)
+        >>> float(post_processor.image_threshold)  # one of the ten normals (10 %) lies above it
+        9.0
     """
 
-    def __init__(self, clamp: bool = False, **kwargs: Any) -> None:
+    def __init__(self, clamp: bool = False, normal_fpr: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if normal_fpr is not None and not 0 < normal_fpr < 1:
+            msg = f"normal_fpr must be in (0, 1) or None, got {normal_fpr}"
+            raise ValueError(msg)
         self.clamp = clamp
+        self.normal_fpr = normal_fpr
+        self._normal_scores: list[Tensor] = []
 
     def checkpoint_config(self) -> dict[str, Any]:
-        """The settings anomalib saves, plus ``clamp`` (its hook for subclasses with more configuration)."""
-        return super().checkpoint_config() | {"clamp": self.clamp}
+        """The settings anomalib saves, plus ``clamp`` and ``normal_fpr``."""
+        return super().checkpoint_config() | {"clamp": self.clamp, "normal_fpr": self.normal_fpr}
 
     def load_checkpoint_config(self, config: dict[str, Any]) -> None:
-        """Restore the settings anomalib saves, and ``clamp`` where the checkpoint has it (older ones do not)."""
+        """Restore the settings anomalib saves, and ``clamp`` / ``normal_fpr`` where the checkpoint has them."""
         super().load_checkpoint_config(config)
         self.clamp = bool(config.get("clamp", self.clamp))
+        self.normal_fpr = config.get("normal_fpr", self.normal_fpr)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
+        """anomalib's updates, but with ``normal_fpr`` the raw scores of the normal images in place of the F1 fit."""
+        if self.normal_fpr is None:
+            super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
+            return
+        # anomalib's updates without the image F1 fit, which would only warn that the split holds no anomaly.
+        if self.enable_thresholding:
+            self._pixel_threshold_metric.update(outputs)
+        if self.enable_normalization:
+            self._image_min_max_metric.update(outputs)
+            self._pixel_min_max_metric.update(outputs)
+        if outputs.pred_score is None:
+            return
+        scores = outputs.pred_score.detach().flatten().float()
+        labels = outputs.gt_label
+        normal = torch.ones_like(scores, dtype=torch.bool) if labels is None else labels.flatten().to(scores.device) == 0
+        self._normal_scores.append(scores[normal].cpu())
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """anomalib's statistics, then the normal-only image threshold where ``normal_fpr`` is set."""
+        super().on_validation_epoch_end(trainer, pl_module)
+        if self.normal_fpr is None or not self._normal_scores:
+            return
+        scores, self._normal_scores = torch.cat(self._normal_scores), []
+        if not len(scores):
+            return
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, scores)
+            scores = torch.cat(gathered)
+        self._image_threshold.copy_(normal_threshold(scores, self.normal_fpr))
 
     def _normalize(
         self,
@@ -71,6 +130,19 @@ class RankPreservingPostProcessor(PostProcessor):
         normalized = 0.5 + 0.5 * offset / (1 + offset.abs())
         has_range = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
         return torch.where(has_range, normalized, preds)
+
+
+def normal_threshold(normal_scores: Tensor, fpr: float) -> Tensor:
+    """The smallest of ``normal_scores`` that at most ``fpr`` of them exceed (labels are ``score > threshold``).
+
+    Example:
+        >>> import torch
+        >>> float(normal_threshold(torch.tensor([3.0, 1.0, 2.0, 4.0]), 0.25))
+        3.0
+    """
+    ordered = normal_scores.flatten().float().sort().values
+    allowed = math.floor(fpr * len(ordered) + 1e-9)  # normals that may lie above the threshold
+    return ordered[len(ordered) - 1 - allowed]
 
 
 FITTED = (PostProcessor, RankPreservingPostProcessor)  # classes whose maths FittedPostProcessor reproduces

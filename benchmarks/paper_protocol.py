@@ -65,6 +65,8 @@ COLUMNS = [
     "train_images_per_s",
     "command",
     "auroc_intensity_matched",
+    "threshold_sensitivity",
+    "threshold_specificity",
 ]
 AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
 
@@ -152,7 +154,7 @@ class ScoreCurves(Callback):
             "latent_mean_abs": round(float(latent.mean(dim=0).abs().mean()), 4),
             "center_norm": round(float(center.norm()), 4),
             "normal_to_center": round(float((latent - center).abs().mean()), 4),
-        }
+        } | ({"structure_weight": round(float(pl_module.loss.beta), 4)} if pl_module.loss.matched else {})
 
     @torch.no_grad()
     def _heldout_normal(self, pl_module: Salad) -> dict[str, float]:
@@ -190,6 +192,23 @@ class ScoreCurves(Callback):
         }
 
 
+def threshold_statistics(model: LightningModule, scores: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Sensitivity and specificity of the test images at the model's fitted image threshold (raw score units).
+
+    The threshold is the one ``anomalib predict``, the export and ``salad-score`` label by: fitted at the last
+    validation (on held-out normals alone with ``normal_fpr``). Empty when no threshold was fitted.
+    """
+    threshold = getattr(model.post_processor, "image_threshold", None)
+    if threshold is None or torch.isnan(threshold):
+        return {}
+    predicted = scores > threshold.to(scores.device)
+    positive, negative = target == 1, target == 0
+    return {
+        "threshold_sensitivity": round(float(predicted[positive].float().mean()), 4),
+        "threshold_specificity": round(float((~predicted[negative]).float().mean()), 4),
+    }
+
+
 def mean_intensity(images: CachedImages) -> torch.Tensor:
     """Each cached image's mean intensity in [0, 1], the covariate of the intensity-matched AUROC."""
     return images.images.float().mean(dim=(1, 2, 3)).cpu()
@@ -213,6 +232,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--root", help="overrides the config's data root")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model argument overrides (YAML)")
+    parser.add_argument("--label", help="the model column of the rows (default: --model and the --set items)")
+    parser.add_argument(
+        "--own-score",
+        action="store_true",
+        help="write only the row of the score the model is configured to report (a recipe's own choice), with the "
+        "sensitivity and specificity at the model's fitted threshold",
+    )
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--curve-csv", type=Path)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/paper_protocol"))
@@ -235,7 +261,7 @@ def main() -> None:
     seed_everything(args.seed)
     datamodule = Folder(**data_args)
     model = build_model(args.model, model_args, data_args["train_batch_size"])
-    name = args.model + "".join(f" {item}" for item in args.set)
+    name = args.label or args.model + "".join(f" {item}" for item in args.set)
     tags = {"model": name, "dataset": data_args["name"], "image_size": model_args["image_size"], "seed": args.seed}
     curves = ScoreCurves(datamodule, args.every, args.curve_csv, tags)
     engine = Engine(
@@ -268,7 +294,10 @@ def main() -> None:
     intensity = mean_intensity(test)
     command = "python " + " ".join(sys.argv)
     rows = []
+    own = model.model.score if isinstance(model, Salad) else None
     for score, values in scores.items():
+        if args.own_score and own is not None and score != own:
+            continue
         stats = best_f1_statistics(values, target)
         rows.append(
             {
@@ -280,6 +309,7 @@ def main() -> None:
                 "train_images_per_s": round(images_per_s, 1),
                 "command": command,
                 "auroc_intensity_matched": round(matched_auroc(values, target, intensity), 4),
+                **(threshold_statistics(model, values, target) if score == own else {}),
             }
         )
         print(f"{name} seed {args.seed} {score}: AUROC {rows[-1]['auroc']}", flush=True)
