@@ -15,9 +15,9 @@ from kornia.metrics import ssim
 from torch import Tensor, nn
 
 __all__ = [
+    "L1_MATCHED",
     "TERMS",
     "CenterLoss",
-    "L1_MATCHED",
     "GeneratorLoss",
     "LatentKLLoss",
     "StructureLoss",

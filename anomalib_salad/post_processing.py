@@ -83,7 +83,7 @@ class RankPreservingPostProcessor(PostProcessor):
         self.normal_fpr = config.get("normal_fpr", self.normal_fpr)
 
     def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, *args: Any, **kwargs: Any) -> None:
-        """anomalib's updates, but with ``normal_fpr`` the raw scores of the normal images in place of the F1 fit."""
+        """Update the statistics as anomalib does; with ``normal_fpr``, keep normal scores instead of the F1 fit."""
         if self.normal_fpr is None:
             super().on_validation_batch_end(trainer, pl_module, outputs, *args, **kwargs)
             return
@@ -97,11 +97,14 @@ class RankPreservingPostProcessor(PostProcessor):
             return
         scores = outputs.pred_score.detach().flatten().float()
         labels = outputs.gt_label
-        normal = torch.ones_like(scores, dtype=torch.bool) if labels is None else labels.flatten().to(scores.device) == 0
+        # Unlabelled images (a folder of normals with no labels at all) count as normal.
+        normal = (
+            torch.ones_like(scores, dtype=torch.bool) if labels is None else labels.flatten().to(scores.device) == 0
+        )
         self._normal_scores.append(scores[normal].cpu())
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        """anomalib's statistics, then the normal-only image threshold where ``normal_fpr`` is set."""
+        """The statistics of anomalib's post-processor, then the normal-only threshold where ``normal_fpr`` is set."""
         super().on_validation_epoch_end(trainer, pl_module)
         if self.normal_fpr is None or not self._normal_scores:
             return

@@ -13,7 +13,9 @@ anomalib's datasets deliver it; the model converts back to one channel). The rul
   divided by ``2**bit_depth - 1`` (``bit_depth`` given by the user, 16 by default), never clipped; values
   above that are an error. Float images must already lie in ``[0, 1]``.
 * **DICOM** (pydicom; suffix ``.dcm``/``.dicom``, or any file with the ``DICM`` preamble). The stored values
-  (1-16 bits, signed or not, any transfer syntax that an installed pydicom plugin decodes) go through the
+  (1-16 bits, signed or not, any transfer syntax that an installed pydicom plugin decodes: with the declared
+  pylibjpeg plugins that is RLE, JPEG baseline and extended (8 and 12 bit), JPEG lossless (process 14, also
+  selection value 1), JPEG-LS lossless and near-lossless, JPEG 2000 and HTJ2K) go through the
   modality LUT (rescale slope/intercept or a Modality LUT Sequence), then one VOI step chosen by ``window``:
   ``"file"`` (default) uses the file's VOI LUT Sequence or its first Window Center/Width (with its VOI LUT
   Function), and the full stored range when it has neither; ``"range"`` always uses the full stored range
@@ -32,8 +34,10 @@ anomalib's datasets deliver it; the model converts back to one channel). The rul
   (default 1 %) of its pixels exceed ``tissue_level`` (default 0.05) after normalisation: this drops the
   empty slices above and below the anatomy. Each slice is named ``path:axis:index`` in every output.
 
-Bad input raises :class:`ImageReadError` naming the file and the problem (e.g. the DICOM decoder plugin to
-install for a JPEG-LS file).
+Bad input raises :class:`ImageReadError` naming the file and the problem (for DICOM pixel data that cannot be
+decoded: the transfer syntax, and the plugin to install or how to convert the file).
+:func:`iter_scan_images` also tells the scan the images belong to (:class:`ScanInfo`: a DICOM series by its
+Series Instance UID, a NIfTI volume or an image file by its path), from UIDs and paths only.
 
 Example:
     >>> from anomalib_salad.reader import ReaderConfig, read_image, read_images
@@ -67,17 +71,21 @@ __all__ = [
     "ImageReadError",
     "ImageRef",
     "ReaderConfig",
+    "ScanInfo",
+    "ScanKind",
     "check_bit_depth",
     "clear_cache",
     "decode_reason",
     "file_format",
     "iter_images",
+    "iter_scan_images",
     "list_files",
     "list_items",
     "parse_window",
     "pil_to_array",
     "read_image",
     "read_images",
+    "slice_to_plane",
     "uint8_to_float",
 ]
 
@@ -288,6 +296,30 @@ class ImageRef:
         return cls(match["path"], match["axis"], int(match["index"]))
 
 
+ScanKind = Literal["dicom_series", "dicom_file", "nifti_volume", "image"]
+# The only DICOM elements a scan is told by: UIDs and the modality, never a patient's name, ID or dates.
+_SCAN_ELEMENTS = ("SeriesInstanceUID", "StudyInstanceUID", "Modality")
+
+
+@dataclass(frozen=True)
+class ScanInfo:
+    """The scan a file's images belong to, named by UIDs and paths only (no patient data).
+
+    Attributes:
+        kind: ``"dicom_series"`` (a DICOM file with a Series Instance UID: all files and frames of that series
+            form one scan, wherever they lie), ``"dicom_file"`` (a DICOM file without one), ``"nifti_volume"``
+            or ``"image"`` (a PNG/JPEG/TIFF file).
+        key: The Series Instance UID of a series, else the file path.
+        study_uid: The Study Instance UID of a DICOM file, else ``""``.
+        modality: The Modality of a DICOM file (``"CT"``, ``"MR"``, ...), else ``""``.
+    """
+
+    kind: ScanKind
+    key: str
+    study_uid: str = ""
+    modality: str = ""
+
+
 def file_format(path: str | Path) -> Literal["image", "dicom", "nifti"]:
     """``"dicom"``, ``"nifti"`` or ``"image"`` (Pillow) from the name, or the DICOM preamble of a file without one.
 
@@ -440,15 +472,50 @@ def iter_images(path: str | Path, config: ReaderConfig | None = None) -> Iterato
     Raises:
         ImageReadError: If the file cannot be read (now), or one of its images cannot be converted (when taken).
     """
+    return iter_scan_images(path, config)[1]
+
+
+def iter_scan_images(
+    path: str | Path, config: ReaderConfig | None = None
+) -> tuple[ScanInfo, Iterator[tuple[str, np.ndarray]]]:
+    """:func:`iter_images` with the scan the images belong to (a DICOM series, a NIfTI volume or the file itself).
+
+    The DICOM header is the one read for decoding: the scan costs no second read of the file.
+
+    Args:
+        path: A file.
+        config: Reader settings. Defaults to :class:`ReaderConfig` ``()``.
+
+    Returns:
+        tuple[ScanInfo, Iterator[tuple[str, np.ndarray]]]: The scan, and ``(id, (H, W, 3) float32 image)`` pairs.
+
+    Raises:
+        ImageReadError: If the file cannot be read (now), or one of its images cannot be converted (when taken).
+    """
     config = config or DEFAULT
     path = str(path)
     _check_exists(path)
     kind = file_format(path)
     if kind == "dicom":
-        return _read_dicom(ImageRef(path), config, all_frames=True)
+        return _open_dicom(ImageRef(path), config, all_frames=True)
     if kind == "nifti":
-        return _read_nifti_volume(path, config)
-    return iter([(path, _read_pillow(path, config))])
+        return ScanInfo("nifti_volume", path), _read_nifti_volume(path, config)
+    return ScanInfo("image", path), iter([(path, _read_pillow(path, config))])
+
+
+def slice_to_plane(image: np.ndarray) -> np.ndarray:
+    """A 2-D array laid out as a NIfTI slice image (e.g. its anomaly map) in the voxel order of its plane.
+
+    Undoes the ``np.rot90`` of the reader: ``slice_to_plane(image[..., 0])`` of the slice ``path:axis:index`` is
+    the normalised ``volume[..., index, ...]`` (``index`` on ``axis``), so maps can be stacked back into a volume.
+
+    Args:
+        image: ``(H, W)`` as the slice image is laid out.
+
+    Returns:
+        np.ndarray: ``(W, H)``, a view.
+    """
+    return np.rot90(image, -1)
 
 
 def _check_exists(path: str) -> None:
@@ -601,24 +668,47 @@ def _check_dicom_image(path: str, ds: Any) -> None:
         raise ImageReadError(path, f"DICOM object without an image{what}: no Rows/Columns/Photometric Interpretation")
 
 
+# What anomalib-salad installs for compressed DICOM (its declared dependencies); named when a decoder is missing.
+_PLUGINS_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle"
+# For transfer syntaxes that no pydicom plugin decodes: GDCM reads most of them.
+_CONVERT_HINT = (
+    "convert the file to an uncompressed transfer syntax (Explicit VR Little Endian) with a tool that reads it, "
+    "e.g. GDCM's 'gdcmconv --raw IN OUT'"
+)
+
+
 def _decode_failure(path: str, ds: Any, error: Exception) -> ImageReadError:
-    """Why pydicom could not decode the pixel data, naming the plugins that would."""
+    """Why pydicom could not decode the pixel data: the transfer syntax and what would decode it."""
     pydicom = _pydicom()
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     detail = " ".join(str(error).split()) or type(error).__name__
-    if syntax is None or not syntax.is_compressed:
+    if syntax is None:
+        return ImageReadError(path, f"DICOM pixel data cannot be read ({type(error).__name__}: {detail})")
+    try:
+        compressed = syntax.is_compressed
+    except ValueError:  # a UID this pydicom does not know as a transfer syntax, e.g. one added to DICOM later
+        return ImageReadError(
+            path,
+            f"DICOM pixel data in transfer syntax {syntax} cannot be decoded: pydicom {pydicom.__version__} does "
+            f"not know this transfer syntax; a newer pydicom may decode it, or {_CONVERT_HINT}",
+        )
+    if not compressed:
         return ImageReadError(path, f"DICOM pixel data cannot be read ({type(error).__name__}: {detail})")
     name = f"{syntax.name} ({syntax})"
     try:
         decoder = pydicom.pixels.get_decoder(syntax)
-    except NotImplementedError:
-        return ImageReadError(path, f"DICOM transfer syntax {name} is not supported by pydicom")
+    except NotImplementedError:  # e.g. MPEG-2/H.264 video, JPIP references
+        return ImageReadError(
+            path,
+            f"DICOM pixel data in {name} cannot be decoded: pydicom {pydicom.__version__} has no decoder for this "
+            f"transfer syntax; {_CONVERT_HINT}",
+        )
     missing = "; ".join(decoder.missing_dependencies)
     if not decoder.is_available:
         return ImageReadError(
             path,
             f"DICOM pixel data in {name} cannot be decoded: no decoder plugin for it is "
-            f"installed. Install one of: {missing}",
+            f"installed. Install one of: {missing} (anomalib-salad's own: {_PLUGINS_HINT})",
         )
     hint = f"; other plugins that may decode it: {missing}" if missing else ""
     return ImageReadError(
@@ -692,7 +782,21 @@ def _windowed(values: np.ndarray, view: Any) -> np.ndarray:
 
 
 def _read_dicom(ref: ImageRef, config: ReaderConfig, all_frames: bool = False) -> Iterator[tuple[str, np.ndarray]]:
-    """Decode now; convert each frame when it is taken."""
+    return _open_dicom(ref, config, all_frames)[1]
+
+
+def _dicom_scan(path: str, ds: Any) -> ScanInfo:
+    """The series of a DICOM file from its UIDs and Modality alone: no other element (no patient data) is read."""
+    series, study, modality = (str(ds.get(keyword) or "").strip() for keyword in _SCAN_ELEMENTS)
+    if series:
+        return ScanInfo("dicom_series", series, study, modality)
+    return ScanInfo("dicom_file", path, study, modality)  # Series Instance UID is Type 1, but not every file has it
+
+
+def _open_dicom(
+    ref: ImageRef, config: ReaderConfig, all_frames: bool = False
+) -> tuple[ScanInfo, Iterator[tuple[str, np.ndarray]]]:
+    """Decode now; convert each frame when it is taken. The scan comes from the same header."""
     pydicom = _pydicom()
     path = ref.path
     ds = _dcmread(path)
@@ -719,7 +823,7 @@ def _read_dicom(ref: ImageRef, config: ReaderConfig, all_frames: bool = False) -
             )
         stack, indices = pixels[None], [ref.index or 0]
     names = [path] if frames == 1 else [f"{path}:frame:{k}" for k in indices]
-    return _dicom_frames(names, stack, indices, ds, photometric, config)
+    return _dicom_scan(path, ds), _dicom_frames(names, stack, indices, ds, photometric, config)
 
 
 def _dicom_frames(

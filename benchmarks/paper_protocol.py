@@ -44,6 +44,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
 from anomalib_salad.cache import CachedImages, ImageCache, _resize_of
+from anomalib_salad.hardware import cpu_flags
 from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -67,6 +68,8 @@ COLUMNS = [
     "auroc_intensity_matched",
     "threshold_sensitivity",
     "threshold_specificity",
+    "hardware",
+    "date",
 ]
 AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
 
@@ -209,6 +212,21 @@ def threshold_statistics(model: LightningModule, scores: torch.Tensor, target: t
     }
 
 
+def hardware_kind(device: torch.device) -> str:
+    """The short hardware name of the results tables: the GPU's name, or the CPU family and its widest bf16 unit."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    name = next((line.split(":", 1)[1] for line in lines if line.startswith("model name")), "")
+    family = "EPYC" if "EPYC" in name else "Xeon" if "Xeon" in name else "CPU"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return f"{family} AMX"
+    if "avx512_bf16" in flags:
+        return f"{family} AVX512-BF16" + (" no AMX" if family == "Xeon" else "")
+    return "AVX2" if "avx2" in flags else family
+
+
 def mean_intensity(images: CachedImages) -> torch.Tensor:
     """Each cached image's mean intensity in [0, 1], the covariate of the intensity-matched AUROC."""
     return images.images.float().mean(dim=(1, 2, 3)).cpu()
@@ -220,6 +238,41 @@ def build_model(name: str, model_args: dict[str, Any], batch_size: int) -> Light
         size = model_args["image_size"]
         return Ganomaly(batch_size=batch_size, pre_processor=Ganomaly.configure_pre_processor((size, size)))
     return Salad(**(model_args | (AUTOENCODER if name == "autoencoder" else {})))
+
+
+def final_rows(
+    model: LightningModule,
+    scores: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    intensity: torch.Tensor,
+    tags: dict[str, Any],
+    extra: dict[str, Any],
+    own_score: bool,
+) -> list[dict[str, Any]]:
+    """One row per score (or only the model's own with ``own_score``): AUROC, the best-F1 statistics, and more.
+
+    The model's own score also gets the sensitivity and specificity at its fitted threshold.
+    """
+    own = model.model.score if isinstance(model, Salad) else None
+    rows = []
+    for score, values in scores.items():
+        if own_score and own is not None and score != own:
+            continue
+        stats = best_f1_statistics(values, target)
+        rows.append(
+            {
+                **tags,
+                "score": score,
+                "auroc": round(float(binary_auroc(values, target)), 4),
+                **{key: round(float(stats[key]), 4) for key in ("f1", "accuracy", "sensitivity", "specificity")},
+                **extra,
+                "auroc_intensity_matched": round(matched_auroc(values, target, intensity), 4),
+                **(threshold_statistics(model, values, target) if score == own else {}),
+                "hardware": hardware_kind(model.device),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -291,28 +344,12 @@ def main() -> None:
     test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")
     loader = torch.utils.data.DataLoader(test, batch_size=128, collate_fn=test.collate_fn)
     scores, target = raw_scores(model, loader, scores_of(model))
-    intensity = mean_intensity(test)
-    command = "python " + " ".join(sys.argv)
-    rows = []
-    own = model.model.score if isinstance(model, Salad) else None
-    for score, values in scores.items():
-        if args.own_score and own is not None and score != own:
-            continue
-        stats = best_f1_statistics(values, target)
-        rows.append(
-            {
-                **tags,
-                "epochs": args.epochs,
-                "score": score,
-                "auroc": round(float(binary_auroc(values, target)), 4),
-                **{key: round(float(stats[key]), 4) for key in ("f1", "accuracy", "sensitivity", "specificity")},
-                "train_images_per_s": round(images_per_s, 1),
-                "command": command,
-                "auroc_intensity_matched": round(matched_auroc(values, target, intensity), 4),
-                **(threshold_statistics(model, values, target) if score == own else {}),
-            }
-        )
-        print(f"{name} seed {args.seed} {score}: AUROC {rows[-1]['auroc']}", flush=True)
+    extra = {"train_images_per_s": round(images_per_s, 1), "command": "python " + " ".join(sys.argv)}
+    rows = final_rows(
+        model, scores, target, mean_intensity(test), tags | {"epochs": args.epochs}, extra, args.own_score
+    )
+    for row in rows:
+        print(f"{name} seed {args.seed} {row['score']}: AUROC {row['auroc']}", flush=True)
     _append(args.csv, rows, COLUMNS)
     if args.scores_out:
         write_scores(args.scores_out, test.paths, target, scores)
