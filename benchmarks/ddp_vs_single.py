@@ -27,11 +27,11 @@ import yaml
 from anomalib.data.utils import ValSplitMode
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
-from rescore import raw_scores  # this folder, which is on sys.path when the script runs
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad, SyntheticScans
-from anomalib_salad.export import load_salad_checkpoint
+from anomalib_salad.evaluation.raw_scores import raw_scores
+from anomalib_salad.model.export import load_salad_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "salad_synthetic.yaml"

@@ -1,7 +1,8 @@
 """One prepared GPU run: throughput, the batch-256 check and three 200-epoch trainings, inside one time budget.
 
-On one GPU (issue 12), everything through anomalib's ``Engine.fit`` with the images decoded once and held on the
-device (:class:`~anomalib_salad.cache.ImageCache`):
+On one GPU, everything through anomalib's ``Engine.fit`` with the images decoded once and held on the device
+(:class:`~anomalib_salad.data.cache.ImageCache`), and scored with the package's pieces (the raw scores of
+:mod:`anomalib_salad.evaluation.raw_scores`, the paper's statistics of :mod:`anomalib_salad.evaluation.metrics`):
 
 1. Throughput at 256 px with the paper's widths, batch 64 and all five losses: fp32, bf16 autocast,
    bf16 + channels-last, bf16 + ``torch.compile``. For each: the one-time cost (setup, cache fill, compilation,
@@ -78,19 +79,17 @@ from anomalib.engine import Engine
 from anomalib.models import Ganomaly
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc
+from torch.utils.data import DataLoader
 
 from anomalib_salad import Salad
-from anomalib_salad.cache import ImageCache
 from anomalib_salad.data import make_synthetic_scans
-from anomalib_salad.hardware import native_bf16
-from anomalib_salad.metrics import best_f1_statistics, matched_auroc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rescore import raw_scores  # one implementation of the three scores
+from anomalib_salad.data.cache import CachedImages, ImageCache
+from anomalib_salad.evaluation.metrics import image_statistics, mean_intensity
+from anomalib_salad.evaluation.raw_scores import SYMBOLS, raw_scores, scores_of
+from anomalib_salad.model.lightning_model import AUTOENCODER
+from anomalib_salad.model.precision import native_bf16, synchronize
 
 REPO = Path(__file__).resolve().parents[1]
-SCORE_NAMES = {"feature": "A_F", "image": "A_I", "center": "A_C"}
 #: Step 1's configurations: Salad arguments on top of the run's model settings.
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"train_precision": "32"},
@@ -98,8 +97,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bf16+channels-last": {"train_precision": "bf16", "channels_last": True},
     "bf16+compile": {"train_precision": "bf16", "compile_networks": True},
 }
-#: The SSIM autoencoder of Table III: every weight but L_str's at zero (the unused networks are not built).
-AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
 #: Every stage, in the default order (the order of value): step 1's variants and batch check, then the trainings.
 STAGES = ("fp32", "bf16", "bf16+channels-last", "batch256", "bf16+compile", "salad", "ae", "ganomaly")
 BIG_BATCH_STEPS = 3
@@ -228,11 +225,6 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class FitClock(Callback):
     """Synchronised times of a fit's epochs (and batches), and a guard that stops a fit the budget cannot hold.
 
@@ -257,7 +249,7 @@ class FitClock(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         """Time the end of the setup (cache fill included) at the first batch."""
         if self.first_batch is None:
-            _sync(trainer.strategy.root_device)
+            synchronize(trainer.strategy.root_device)
             self.first_batch = time.monotonic()
 
     def on_train_batch_end(
@@ -265,14 +257,14 @@ class FitClock(Callback):
     ) -> None:
         """Stop at once when only the tail still fits before the deadline."""
         if self.sync_batches:
-            _sync(trainer.strategy.root_device)
+            synchronize(trainer.strategy.root_device)
             self.batch_ends.append(time.monotonic())
         if self.deadline is not None and not trainer.should_stop and time.monotonic() + self.tail_s > self.deadline:
             self._stop(trainer, f"deadline reached during epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the epoch end; stop if the remaining epochs are projected to overrun the deadline."""
-        _sync(trainer.strategy.root_device)
+        synchronize(trainer.strategy.root_device)
         now = time.monotonic()
         self.epoch_ends.append(now)
         done, planned = len(self.epoch_ends), trainer.max_epochs or 0
@@ -316,9 +308,7 @@ class Context:
     device: torch.device
     report: dict[str, Any]
     deadline: float
-    test_batches: list[tuple[Tensor, Tensor]] | None = None
-    test_paths: list[str] | None = None
-    test_intensity: Tensor | None = None
+    test: CachedImages | None = None
     fastest: dict[str, Any] | None = None
     salad_epoch_s: float | None = None
 
@@ -546,61 +536,31 @@ def big_batch_check(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def load_test_batches(ctx: Context) -> list[tuple[Tensor, Tensor]]:
-    """The test split's images and labels, decoded once and shared by the three models.
-
-    Also fills ``ctx.test_paths`` and ``ctx.test_intensity``: each test image's mean intensity, the covariate of the
-    intensity-matched AUROC as ``paper_protocol.py`` uses it.
-    """
-    if ctx.test_batches is None:
+def test_split(ctx: Context) -> CachedImages:
+    """The test split's images, decoded once onto the device and shared by the three models (at their own size)."""
+    if ctx.test is None:
         data = datamodule(ctx, ctx.size.batch)
         data.setup()
-        ctx.test_batches, ctx.test_paths = [], []
-        for batch in data.test_dataloader():
-            ctx.test_batches.append((batch.image, batch.gt_label))
-            ctx.test_paths += [str(path) for path in batch.image_path]
-        ctx.test_intensity = torch.cat([image.float().mean(dim=(1, 2, 3)) for image, _ in ctx.test_batches])
-    return ctx.test_batches
+        ctx.test = CachedImages(data.test_data, None, ctx.device, "test", num_workers=ctx.size.workers)
+    return ctx.test
 
 
-def metrics_of(scores: Tensor, target: Tensor, intensity: Tensor) -> dict[str, float]:
-    """AUROC, the intensity-matched AUROC, and the paper's four statistics at the best-F1 threshold."""
-    stats = best_f1_statistics(scores, target)
-    result = {"auroc": float(binary_auroc(scores, target)), "matched_auroc": matched_auroc(scores, target, intensity)}
-    return result | {key: float(stats[key]) for key in ("f1", "accuracy", "sensitivity", "specificity", "threshold")}
-
-
-@torch.no_grad()
 def score(ctx: Context, model: LightningModule) -> tuple[dict[str, Tensor], Tensor]:
-    """Raw test scores in fp32 (all three for SALAD), on the CPU, and the labels."""
-    batches = load_test_batches(ctx)
+    """Raw fp32 test scores on the CPU, by the paper's symbol (SALAD's three) or as ``GANomaly``, and the labels."""
+    test = test_split(ctx)
     model.to(ctx.device).eval()
-    if isinstance(model, Salad):
-        on_device = (_Batch(image.to(ctx.device, non_blocking=True), labels) for image, labels in batches)
-        values, target = raw_scores(model, on_device, SCORE_NAMES)
-        model.model.score = "feature"
-        return {SCORE_NAMES[name]: value.float().cpu() for name, value in values.items()}, target.cpu().int()
-    collected, labels = [], []
-    for image, label in batches:
-        images = model.pre_processor.export_transform(image.to(ctx.device))
-        collected.append(model.model(images).pred_score.float().cpu())
-        labels.append(label)
-    return {"GANomaly": torch.cat(collected)}, torch.cat(labels).int()
+    names = scores_of(model)
+    values, target = raw_scores(model, DataLoader(test, batch_size=ctx.size.batch, collate_fn=test.collate_fn), names)
+    label = SYMBOLS if isinstance(model, Salad) else {"score": "GANomaly"}
+    return {label[name]: value.float().cpu() for name, value in values.items()}, target.cpu().int()
 
 
 def per_image(ctx: Context, scores: dict[str, Tensor], target: Tensor, intensity: Tensor) -> dict[str, list]:
     """Each test image's path, label, mean intensity and raw scores: what rescoring or a new metric needs later."""
-    return {"image_path": ctx.test_paths, "label": target.tolist(), "mean_intensity": intensity.tolist()} | {
+    paths = [str(path) for path in test_split(ctx).paths]
+    return {"image_path": paths, "label": target.tolist(), "mean_intensity": intensity.tolist()} | {
         name: values.tolist() for name, values in scores.items()
     }
-
-
-@dataclass
-class _Batch:
-    """The two fields of a batch that :func:`rescore.raw_scores` reads."""
-
-    image: Tensor
-    gt_label: Tensor
 
 
 def build_model(ctx: Context, kind: str) -> tuple[LightningModule, str, tuple[Callback, ...]]:
@@ -645,8 +605,8 @@ def train_stage(ctx: Context, kind: str) -> dict[str, Any]:
         ctx.salad_epoch_s = clock.epoch_s
     scored_at = time.monotonic()
     raw, target = score(ctx, model)
-    intensity = ctx.test_intensity
-    scores = {name: metrics_of(values, target, intensity) for name, values in raw.items()}
+    intensity = mean_intensity(test_split(ctx).images)
+    scores = {name: image_statistics(values, target, intensity) for name, values in raw.items()}
     result = {
         "model": {"salad": "SALAD", "ae": "SSIM autoencoder", "ganomaly": "GANomaly"}[kind],
         "configuration": config,
@@ -660,7 +620,7 @@ def train_stage(ctx: Context, kind: str) -> dict[str, Any]:
         "images_per_s": len(data.train_data) * epochs / fit_s,
         "steady_images_per_s": len(data.train_data) / clock.epoch_s,
         "score_s": time.monotonic() - scored_at,
-        "test_images": sum(len(labels) for _, labels in load_test_batches(ctx)),
+        "test_images": len(test_split(ctx)),
         **peak_memory(ctx.device),
         "scores": scores,
         "per_image": per_image(ctx, raw, target, intensity),
@@ -895,7 +855,7 @@ def tf32_convolutions() -> bool:
 
 
 def targets(ctx: Context) -> dict[str, Any]:
-    """The issue's targets for the day of the run, as far as measured."""
+    """The run's targets (training images/s, the big batch, SALAD's full schedule in the budget), as far as measured."""
     rows = ctx.report["throughput"]
     salad = ctx.report["training"].get("salad")
     big = ctx.report.get("batch_256")
@@ -1005,7 +965,6 @@ def write_report(ctx: Context) -> None:
 def new_report(args: argparse.Namespace, size: RunSize, root: Path, device: torch.device, budget_s: float) -> dict:
     """The report before any stage: the settings, the environment and empty results."""
     return {
-        "issue": 12,
         "mode": size.name,
         "args": {key: str(value) for key, value in vars(args).items()},
         "root": str(root),
@@ -1075,8 +1034,8 @@ def quiet() -> None:
     )
     for name in loggers:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # The data lies in `.data/` on the device, so anomalib calls every image "hidden" (six lines per fit, which pushed
-    # the tables out of the device tool's 12,000-character output tail in session 23's first call).
+    # The data may lie in `.data/`, so anomalib calls every image "hidden": six lines per fit, enough to push the tables
+    # out of a short output tail.
     logging.getLogger("anomalib.data.utils.path").addFilter(
         lambda record: "hidden files found" not in record.getMessage()
     )

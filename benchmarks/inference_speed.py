@@ -39,7 +39,7 @@ import torch
 
 from anomalib_salad import Salad, SyntheticScans
 from anomalib_salad.deploy import precision_name
-from anomalib_salad.export import load_salad_checkpoint
+from anomalib_salad.model.export import load_salad_checkpoint
 
 
 @dataclass

@@ -30,7 +30,7 @@ from anomalib_salad.deploy import (
     precision_name,
     read_image,
 )
-from anomalib_salad.export import export_salad, load_salad_checkpoint
+from anomalib_salad.model.export import export_salad, load_salad_checkpoint
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -7,10 +7,10 @@ interrupted run keeps what it measured):
 
 * ``--curve-csv``: every ``--every`` epochs, the test AUROC of each score (SALAD: A_F, A_I, A_C; GANomaly: its
   own) on the test split (images decoded once) and its intensity-matched AUROC (``matched_*``: normal and abnormal
-  images compared only within a decile of mean intensity, :func:`anomalib_salad.metrics.matched_auroc`); for SALAD
-  also label-free health signals (the spread of the latent codes, the distance of the center from the origin, the
-  mean latent-to-center distance of normal training images), the model's own structure loss L_str on held-out
-  normal images (the validation split's normal ones), the signal of the label-free checkpoint rule in
+  images compared only within a decile of mean intensity, :func:`anomalib_salad.evaluation.metrics.matched_auroc`);
+  for SALAD also label-free health signals (the spread of the latent codes, the distance of the center from the
+  origin, the mean latent-to-center distance of normal training images), the model's own structure loss L_str on
+  held-out normal images (the validation split's normal ones), the signal of the label-free checkpoint rule in
   ``protocol_tables.py``, and the Spearman correlation of each score with brightness among those held-out normal
   images (``normal_brightness_*``: a score that ranks normal scans by brightness carries a collection shortcut);
 * ``--csv``: at the end, one row per score with the paper's five metrics (AUROC, and F1 / accuracy / sensitivity /
@@ -19,8 +19,8 @@ interrupted run keeps what it measured):
 * ``--scores-out DIR``: at the end, ``DIR/<score>.csv`` (image_path, gt_label, pred_score) of the test images, the
   files ``examples/figures.py roc --scores`` draws.
 
-GANomaly's training and validation images are decoded once, as SALAD's are (:class:`~anomalib_salad.cache.ImageCache`,
-bit-identical pixels); ``--resume CKPT`` continues an interrupted run.
+GANomaly's training and validation images are decoded once, as SALAD's are
+(:class:`~anomalib_salad.data.cache.ImageCache`, bit-identical pixels); ``--resume CKPT`` continues an interrupted run.
 
 Usage:
     python benchmarks/paper_protocol.py --model salad --seed 0 --epochs 200 \
@@ -43,12 +43,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.cache import CachedImages, ImageCache, _resize_of
-from anomalib_salad.hardware import cpu_flags
-from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
+from anomalib_salad.data.cache import CachedImages, ImageCache, resize_of
+from anomalib_salad.evaluation.metrics import image_statistics, matched_auroc, mean_intensity, spearman
+from anomalib_salad.evaluation.raw_scores import SCORES, raw_scores, scores_of
+from anomalib_salad.model.lightning_model import AUTOENCODER
+from anomalib_salad.model.precision import cpu_flags
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rescore import SCORES, raw_scores, scores_of, write_scores
+from rescore import write_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [
@@ -71,7 +73,6 @@ COLUMNS = [
     "hardware",
     "date",
 ]
-AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
 
 
 def _append(path: Path | None, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -124,14 +125,14 @@ class ScoreCurves(Callback):
         if not self.trained_images:  # resumed from a checkpoint written at this epoch's end: its row exists
             return
         if self.test is None:
-            self.test = CachedImages(self.datamodule.test_data, _resize_of(pl_module), pl_module.device, "test")
+            self.test = CachedImages(self.datamodule.test_data, resize_of(pl_module), pl_module.device, "test")
         loader = torch.utils.data.DataLoader(self.test, batch_size=128, collate_fn=self.test.collate_fn)
         was_training = pl_module.training
         pl_module.eval()
         scores, target = raw_scores(pl_module, loader, scores_of(pl_module))
         row: dict[str, Any] = {**self.tags, "epoch": epoch}
         row |= {f"auroc_{name}": round(float(binary_auroc(values, target)), 4) for name, values in scores.items()}
-        intensity = mean_intensity(self.test)
+        intensity = mean_intensity(self.test.images)
         row |= {
             f"matched_{name}": round(matched_auroc(values, target, intensity), 4) for name, values in scores.items()
         }
@@ -171,7 +172,7 @@ class ScoreCurves(Callback):
         if self.val_normal is None:
             val = self.datamodule.val_data  # the model's ImageCache has usually cached it already
             if not isinstance(val, CachedImages):
-                val = CachedImages(val, _resize_of(pl_module), pl_module.device, "validation")
+                val = CachedImages(val, resize_of(pl_module), pl_module.device, "validation")
             normal = (val.labels == 0).nonzero().flatten().tolist() if val.labels is not None else []
             self.val_normal = val.__getitems__(normal).image if normal else torch.zeros(0)
         if not len(self.val_normal):
@@ -188,7 +189,7 @@ class ScoreCurves(Callback):
                     values.append(model(transformed).pred_score.float().cpu())
         finally:
             model.score = score
-        brightness = self.val_normal.float().mean(dim=(1, 2, 3)).cpu()
+        brightness = mean_intensity(self.val_normal)
         return {"heldout_normal_str": round(total / len(self.val_normal), 5)} | {
             f"normal_brightness_{name}": round(spearman(torch.cat(values), brightness), 4)
             for name, values in scores.items()
@@ -227,11 +228,6 @@ def hardware_kind(device: torch.device) -> str:
     return "AVX2" if "avx2" in flags else family
 
 
-def mean_intensity(images: CachedImages) -> torch.Tensor:
-    """Each cached image's mean intensity in [0, 1], the covariate of the intensity-matched AUROC."""
-    return images.images.float().mean(dim=(1, 2, 3)).cpu()
-
-
 def build_model(name: str, model_args: dict[str, Any], batch_size: int) -> LightningModule:
     """SALAD or the SSIM autoencoder from the config's model arguments, or GANomaly with its defaults at that size."""
     if name == "ganomaly":
@@ -258,15 +254,14 @@ def final_rows(
     for score, values in scores.items():
         if own_score and own is not None and score != own:
             continue
-        stats = best_f1_statistics(values, target)
+        stats = image_statistics(values, target, intensity)
         rows.append(
             {
                 **tags,
                 "score": score,
-                "auroc": round(float(binary_auroc(values, target)), 4),
-                **{key: round(float(stats[key]), 4) for key in ("f1", "accuracy", "sensitivity", "specificity")},
+                **{key: round(stats[key], 4) for key in ("auroc", "f1", "accuracy", "sensitivity", "specificity")},
                 **extra,
-                "auroc_intensity_matched": round(matched_auroc(values, target, intensity), 4),
+                "auroc_intensity_matched": round(stats["matched_auroc"], 4),
                 **(threshold_statistics(model, values, target) if score == own else {}),
                 "hardware": hardware_kind(model.device),
                 "date": time.strftime("%Y-%m-%d"),
@@ -341,12 +336,12 @@ def main() -> None:
         )
 
     model.eval()
-    test = CachedImages(datamodule.test_data, _resize_of(model), model.device, "test")
+    test = CachedImages(datamodule.test_data, resize_of(model), model.device, "test")
     loader = torch.utils.data.DataLoader(test, batch_size=128, collate_fn=test.collate_fn)
     scores, target = raw_scores(model, loader, scores_of(model))
     extra = {"train_images_per_s": round(images_per_s, 1), "command": "python " + " ".join(sys.argv)}
     rows = final_rows(
-        model, scores, target, mean_intensity(test), tags | {"epochs": args.epochs}, extra, args.own_score
+        model, scores, target, mean_intensity(test.images), tags | {"epochs": args.epochs}, extra, args.own_score
     )
     for row in rows:
         print(f"{name} seed {args.seed} {row['score']}: AUROC {row['auroc']}", flush=True)

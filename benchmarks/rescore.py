@@ -1,6 +1,7 @@
 """Score one trained SALAD checkpoint with each anomaly score of Table V (A_F, A_I, A_C) on a Folder test set.
 
-The three scores differ only at test time, so one trained model gives all three AUROCs, in one run. ``--model
+The three scores differ only at test time, so one trained model gives all three AUROCs, in one run
+(:func:`anomalib_salad.evaluation.raw_scores.raw_scores`). ``--model
 ganomaly`` scores an anomalib GANomaly checkpoint (``paper_protocol.py --model ganomaly``) with its own score instead,
 so that the comparison models get the same brightness test.
 
@@ -28,59 +29,11 @@ import torch
 from anomalib.data import Batch, Folder
 from anomalib.models import Ganomaly
 from lightning.pytorch import LightningModule
-from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.export import load_salad_checkpoint
-
-SCORES = {"feature": "A_F |E(x) - E(D(E(x)))|", "image": "A_I |x - D(E(x))|", "center": "A_C |E(x) - C|"}
-OWN_SCORE = {"score": "its own pred_score"}  # any other anomalib image model (GANomaly)
-
-
-def scores_of(model: LightningModule) -> dict[str, str]:
-    """Table V's three scores for SALAD (and the SSIM autoencoder, the same class), the model's own score otherwise."""
-    return SCORES if isinstance(model, Salad) else OWN_SCORE
-
-
-@torch.no_grad()
-def raw_scores(
-    model: Salad, dataloader: Iterable[Batch], scores: Iterable[str], normal_brightness: float = 1.0
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Raw (unnormalised) image scores of ``model`` with each anomaly score, and the labels.
-
-    Args:
-        model: A trained Salad (its ``model.score`` is switched per name and restored), or another anomalib image
-            model scored by its own ``pred_score`` (name ``"score"``, :data:`OWN_SCORE`).
-        dataloader: Batches with ``image`` (in [0, 1]) and ``gt_label``.
-        scores: Names from :data:`SCORES`, or ``["score"]``.
-        normal_brightness: Factor applied to the intensities of the normal images (``gt_label == 0``) before the
-            pre-processor, clipped to [0, 1]; anomalous images are unchanged. Defaults to ``1.0`` (none).
-
-    Returns:
-        tuple[dict[str, Tensor], Tensor]: Scores by name, and the ``0/1`` labels.
-    """
-    values: dict[str, list[Tensor]] = {name: [] for name in scores}
-    labels = []
-    own = getattr(model.model, "score", None)
-    try:
-        for batch in dataloader:
-            images = batch.image
-            if "score" in values:  # anomalib's image models take three channels; the cache keeps grayscale as one
-                images = images.expand(-1, 3, -1, -1)
-            if normal_brightness != 1.0:
-                normal = (batch.gt_label == 0).view(-1, 1, 1, 1)
-                images = torch.where(normal, (images * normal_brightness).clamp(0, 1), images)
-            images = model.pre_processor.transform(images)  # as validation sees them (an antialiased resize too)
-            for name, collected in values.items():
-                if name != "score":
-                    model.model.score = name
-                collected.append(model.model(images).pred_score.flatten().float().cpu())
-            labels.append(batch.gt_label)
-    finally:
-        if own is not None:
-            model.model.score = own
-    return {name: torch.cat(collected) for name, collected in values.items()}, torch.cat(labels).int()
+from anomalib_salad.evaluation.raw_scores import raw_scores, scores_of
+from anomalib_salad.model.export import load_salad_checkpoint
 
 
 def write_scores(directory: Path, paths: list[str], target: torch.Tensor, scores: dict[str, torch.Tensor]) -> None:

@@ -5,7 +5,7 @@ rescale and window in each transfer syntax there is an encoder for here (uncompr
 JPEG 2000 lossless, JPEG lossless SV1, 12-bit JPEG extended, and 8-bit JPEG baseline), and as one NIfTI volume,
 then prints three tables:
 
-* reading: milliseconds per image and images/s through :mod:`anomalib_salad.reader` (the reader of training and
+* reading: milliseconds per image and images/s through :mod:`anomalib_salad.data.reader` (the reader of training and
   scoring), best of ``--repeats``, with the ratios to uncompressed DICOM and to PNG;
 * scoring: images/s of ``salad-score`` run as a user runs it (a fresh process, model compiled, CSV written) on
   each input, end to end and in steady state (``(N - 1) / (t(N) - t(1))``: process start and model compilation
@@ -42,8 +42,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anomalib_salad import reader  # noqa: E402  (after the path insert, so that a checkout runs as is)
-from anomalib_salad.data import synthetic_scan  # noqa: E402
+from anomalib_salad.data import reader, synthetic_scan  # noqa: E402  (after the path insert: a checkout runs as is)
 
 UNCOMPRESSED = "dicom"  # the folder every DICOM ratio is taken to
 # Short names of the transfer syntaxes (pydicom's names run to 90 characters).
@@ -204,7 +203,7 @@ def _commands(model: Path, source: Path, output: Path) -> dict[str, list[str]]:
         "salad-score": [
             sys.executable,
             "-m",
-            "anomalib_salad.score",
+            "anomalib_salad.deploy.score",
             "--model",
             str(model),
             "--input",
@@ -251,7 +250,7 @@ def make_model(image_size: int, work: Path) -> Path:
 
     from anomalib_salad import Salad  # noqa: PLC0415
     from anomalib_salad.data import SyntheticScans  # noqa: PLC0415
-    from anomalib_salad.export import export_salad  # noqa: PLC0415
+    from anomalib_salad.model.export import export_salad  # noqa: PLC0415
 
     datamodule = SyntheticScans(
         root=work / "train", image_size=image_size, num_train=16, num_test=8, train_batch_size=8, eval_batch_size=8
@@ -283,7 +282,7 @@ def main() -> None:
     for name, syntax in syntaxes.items():
         if syntax.startswith("no encoder"):
             print(f"left out {name}: {syntax}")
-    print("\nreading through anomalib_salad.reader (per image; x: images/s relative to uncompressed DICOM, PNG)")
+    print("\nreading through anomalib_salad.data.reader (per image; x: images/s relative to uncompressed DICOM, PNG)")
     print(f"{'input':<20} {'transfer syntax':<48} {'ms/image':>9} {'images/s':>9} {'x uncompr.':>10} {'x PNG':>6}")
     for name, cost in costs.items():
         syntax = syntaxes.get(name, "-")

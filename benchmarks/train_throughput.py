@@ -46,13 +46,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
 DEFAULT_CONFIGS = ["before", "patchgan", "cache", "fast", "fast-channels-last"]
 
 
-def _sync(device: Any) -> None:
-    import torch  # noqa: PLC0415
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     """Train one configuration in this process and return its measurements."""
     import torch  # noqa: PLC0415
@@ -61,6 +54,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from lightning.pytorch import Callback, seed_everything  # noqa: PLC0415
 
     from anomalib_salad import Salad  # noqa: PLC0415
+    from anomalib_salad.model.precision import synchronize  # noqa: PLC0415
 
     class EpochClock(Callback):
         """Wall time of each epoch (training and its validation) and of the setup before the first batch."""
@@ -72,11 +66,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             if not self.first_batch:
-                _sync(trainer.strategy.root_device)
+                synchronize(trainer.strategy.root_device)
                 self.first_batch = time.perf_counter()
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # after the epoch's validation
-            _sync(trainer.strategy.root_device)
+            synchronize(trainer.strategy.root_device)
             self.epoch_ends.append(time.perf_counter())
 
     settings = dict(CONFIGS[args.one])
@@ -155,7 +149,7 @@ def main() -> None:
         parser.error(f"{args.root} has no train/normal folder (anomalib Folder layout expected)")
     flags = ""
     if Path("/proc/cpuinfo").exists():
-        from anomalib_salad.hardware import cpu_flags  # noqa: PLC0415
+        from anomalib_salad.model.precision import cpu_flags  # noqa: PLC0415
 
         flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx"))))
     print(

@@ -34,7 +34,7 @@ from anomalib.data import Folder
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.metrics import best_f1_statistics, matched_auroc, spearman
+from anomalib_salad.evaluation.metrics import best_f1_statistics, matched_auroc, spearman
 
 BINS = 32
 

@@ -1,8 +1,8 @@
 """Score a folder of images with an exported SALAD model, using OpenVINO, NumPy and Pillow only.
 
 A short example of the inference API, one image at a time. For archives use the ``salad-score`` command
-(:mod:`anomalib_salad.score`): DICOM frames and NIfTI slices, asynchronous inference on every core, a progress
-bar, ``errors.csv``, ``--resume`` and ``--shard K/N``. Both read files with :mod:`anomalib_salad.reader`, the
+(:mod:`anomalib_salad.deploy.score`): DICOM frames and NIfTI slices, asynchronous inference on every core, a progress
+bar, ``errors.csv``, ``--resume`` and ``--shard K/N``. Both read files with :mod:`anomalib_salad.data.reader`, the
 reader that training uses.
 
 Writes ``scores.csv`` (``path,score,label``) and one heat-map overlay PNG per image into the output folder.

@@ -5,7 +5,7 @@ Sub-commands (each writes one PNG, ``roc`` one per dataset):
 * ``reconstructions``: originals, reconstructions D(E(x)) and residuals |x - D(E(x))| of normal and abnormal
   test images (paper Figs. 5-6); each column is titled with its anomaly score.
 * ``proxy``: the proxy-task sheet (Fig. 3): original, in-painting, local pixel shuffling, Bezier intensity map,
-  drawn with the classes of :mod:`anomalib_salad.proxy_tasks` at the paper's settings.
+  drawn with the classes of :mod:`anomalib_salad.model.proxy_tasks` at the paper's settings.
 * ``tsne``: a joint t-SNE (scikit-learn) of the test latents E(x) of two checkpoints, trained with and without
   the center loss (Fig. 7): red with, blue without; dots normal, crosses abnormal; (a) all, (b) zoomed.
 * ``roc``: ROC curves per dataset from a benchmark folder (``results.csv`` and its per-run score files, mean
@@ -16,7 +16,7 @@ Sub-commands (each writes one PNG, ``roc`` one per dataset):
 * ``all``: everything the given arguments allow.
 
 A Folder dataset is ``ROOT/train/normal``, ``ROOT/test/normal`` and ``ROOT/test/abnormal`` unless the ``--*-dir``
-options say otherwise. Images are read by :mod:`anomalib_salad.reader`, as in training: PNG/JPEG/TIFF (16-bit with
+options say otherwise. Images are read by :mod:`anomalib_salad.data.reader`, as in training: PNG/JPEG/TIFF (16-bit with
 ``--bit-depth``), DICOM (``--window``) and NIfTI volumes (one image per kept slice along ``--axis``).
 
 Usage:
@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from anomalib_salad import Salad
-from anomalib_salad.proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle
-from anomalib_salad.reader import ReaderConfig, list_files, list_items, read_image
+from anomalib_salad.data.reader import ReaderConfig, list_files, list_items, read_image
+from anomalib_salad.model.proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle
 
 DPI = 150
 READER = ReaderConfig()  # replaced from the command line (--bit-depth, --window, --axis)

@@ -27,18 +27,20 @@ from PIL import Image, UnidentifiedImageError
 from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import InterpolationMode, Resize
 
-from anomalib_salad import Salad, SaladOpenVINO, reader, score
-from anomalib_salad.benchmark import SaladBenchmarkJob
+from anomalib_salad import Salad, SaladOpenVINO
+from anomalib_salad.data import reader
 from anomalib_salad.deploy import (
     CheckpointError,
     InputImageError,
     SaladInferencer,
     read_image,
+    score,
     to_model_input,
 )
-from anomalib_salad.export import export_salad, load_salad_checkpoint
-from anomalib_salad.lightning_model import _is_latent_end_convolution
-from anomalib_salad.post_processing import RankPreservingPostProcessor
+from anomalib_salad.evaluation.benchmark_job import SaladBenchmarkJob
+from anomalib_salad.model.export import export_salad, load_salad_checkpoint
+from anomalib_salad.model.export_hooks import _is_latent_end_convolution
+from anomalib_salad.model.post_processing import RankPreservingPostProcessor
 
 from .conftest import TINY
 

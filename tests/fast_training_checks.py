@@ -11,11 +11,12 @@ from anomalib.engine import Engine
 from jsonargparse import ArgumentParser
 from torchvision.transforms.v2 import ColorJitter
 
-from anomalib_salad import Salad, lightning_model
-from anomalib_salad import cache as cache_module
-from anomalib_salad.cache import CachedImages, CacheTooLargeError, ImageCache
-from anomalib_salad.hardware import PrecisionTiming, faster_in_bf16, native_bf16
-from anomalib_salad.torch_model import patch_discriminator_layers, patch_receptive_field
+from anomalib_salad import Salad
+from anomalib_salad.data import cache as cache_module
+from anomalib_salad.data.cache import CachedImages, CacheTooLargeError, ImageCache
+from anomalib_salad.model import precision
+from anomalib_salad.model.precision import PrecisionTiming, faster_in_bf16, native_bf16
+from anomalib_salad.model.torch_model import patch_discriminator_layers, patch_receptive_field
 
 from .conftest import TINY
 
@@ -130,7 +131,7 @@ def test_cache_device_is_the_training_device() -> None:
 def test_bf16_without_native_support_is_refused(
     tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lightning_model, "native_bf16", lambda device: (False, "CPU has avx2 but none of ..."))
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (False, "CPU has avx2 but none of ..."))
     with pytest.raises(ValueError, match=r"no native bf16 .*avx2.*27x slower"):
         _engine(tmp_path).fit(Salad(**TINY, train_precision="bf16"), datamodule=_folder(tiny_scans))
     with pytest.raises(ValueError, match=r"--trainer.precision bf16"):
@@ -143,9 +144,9 @@ def test_bf16_without_native_support_is_refused(
 def test_auto_precision_trains_in_bf16_where_native(
     tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lightning_model, "native_bf16", lambda device: (True, "CPU flags amx_bf16"))
-    monkeypatch.setattr(lightning_model, "faster_in_bf16", lambda forward, device: PrecisionTiming(True, 2.0, 1.0))
-    monkeypatch.setattr(lightning_model, "_PRECISION_TIMINGS", {})  # nothing measured earlier in the process
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "CPU flags amx_bf16"))
+    monkeypatch.setattr(precision, "faster_in_bf16", lambda forward, device: PrecisionTiming(True, 2.0, 1.0))
+    monkeypatch.setattr(precision, "_PRECISION_TIMINGS", {})  # nothing measured earlier in the process
     model = Salad(**TINY, shuffle_tiles=10)
     seen = []
     encoder_forward = model.model.encoder.forward
@@ -167,11 +168,11 @@ def test_auto_precision_keeps_fp32_where_bf16_is_measured_slower(
     tiny_scans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The flag alone is not enough: an AVX512-BF16 Xeon without AMX trained SALAD 0.85x as fast in bf16.
-    monkeypatch.setattr(lightning_model, "native_bf16", lambda device: (True, "CPU flags avx512_bf16"))
-    monkeypatch.setattr(lightning_model, "faster_in_bf16", lambda forward, device: PrecisionTiming(False, 0.8, 1.0))
-    monkeypatch.setattr(lightning_model, "_PRECISION_TIMINGS", {})  # nothing measured earlier in the process
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "CPU flags avx512_bf16"))
+    monkeypatch.setattr(precision, "faster_in_bf16", lambda forward, device: PrecisionTiming(False, 0.8, 1.0))
+    monkeypatch.setattr(precision, "_PRECISION_TIMINGS", {})  # nothing measured earlier in the process
     model = Salad(**TINY)
-    with caplog.at_level(logging.INFO, logger="anomalib_salad.lightning_model"):
+    with caplog.at_level(logging.INFO, logger="anomalib_salad.model.precision"):
         _engine(tmp_path).fit(model, datamodule=_folder(tiny_scans))
     assert not model.bf16
     assert "training in fp32 (CPU flags avx512_bf16; a probe step took 0.800 s in fp32, 1.000 s in bf16" in caplog.text

@@ -29,11 +29,18 @@ from PIL import Image
 from pydicom.uid import MPEG2MPML, generate_uid
 
 from anomalib_salad import Salad
+from anomalib_salad.data.reader import ReaderConfig, read_images, slice_to_plane
 from anomalib_salad.deploy import SaladInferencer
-from anomalib_salad.export import export_salad
-from anomalib_salad.reader import ReaderConfig, read_images, slice_to_plane
-from anomalib_salad.score import SCAN_COLUMNS, SCORE_COLUMNS, UsageError, parse_shard, resolve_inputs, select_shard
-from anomalib_salad.score import main as score_main
+from anomalib_salad.deploy.score import (
+    SCAN_COLUMNS,
+    SCORE_COLUMNS,
+    UsageError,
+    parse_shard,
+    resolve_inputs,
+    select_shard,
+)
+from anomalib_salad.deploy.score import main as score_main
+from anomalib_salad.model.export import export_salad
 
 from .conftest import TINY
 from .medical_files import (
@@ -57,7 +64,7 @@ class Block:
         if name.split(".")[0] in BLOCKED:
             raise ImportError(f"salad-score imported {name}")
 sys.meta_path.insert(0, Block())
-from anomalib_salad.score import main
+from anomalib_salad.deploy.score import main
 code = main(sys.argv[1:])
 assert not [m for m in sys.modules if m.split(".")[0] in BLOCKED]
 sys.exit(code)
@@ -289,7 +296,7 @@ def test_inputs_and_shards(archive: Path, tmp_path: Path) -> None:
 
 def test_console_script_is_declared() -> None:
     scripts = {script.name: script.value for script in entry_points(group="console_scripts")}
-    assert scripts.get("salad-score") == "anomalib_salad.score:main"
+    assert scripts.get("salad-score") == "anomalib_salad.deploy.score:main"
 
 
 # --------------------------------------------------------------------------------------------------------------

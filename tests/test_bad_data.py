@@ -1,11 +1,11 @@
 """Bad image files in an anomalib Folder dataset: each works correctly or fails naming the file.
 
-Cases (issue 6): corrupt or unreadable files (truncated PNG / JPEG, text named .png, zero bytes, a PNG header
+Cases: corrupt or unreadable files (truncated PNG / JPEG, text named .png, zero bytes, a PNG header
 claiming 200 megapixels), 16-bit grayscale (12-bit data, full 16-bit, DICOM-like 0..1200), tiny (5x7) and huge
 (4000x3000) images, alpha channels (RGBA, LA), and a nearly black 8-bit export (0..12).
 
 The ``anomalib_*`` tests pin what anomalib 2.7 itself does (so a change upstream shows up here); the others
-check :mod:`anomalib_salad.image_io`: its reader and scan directly, and the whole pipeline through
+check :mod:`anomalib_salad.data`: its reader and file checks directly, and the whole pipeline through
 ``anomalib.engine.Engine`` (train, test, predict) with ``num_workers`` 0 and 2.
 """
 
@@ -31,13 +31,13 @@ from lightning.pytorch import Callback
 from PIL import Image
 
 from anomalib_salad import Salad
-from anomalib_salad.data import make_synthetic_scans
-from anomalib_salad.image_io import (
+from anomalib_salad.data import (
     CheckedFolder,
     CheckedPredictDataset,
     ImageFileCheck,
     ImageFileError,
     check_image_files,
+    make_synthetic_scans,
     read_image_tensor,
 )
 
@@ -338,7 +338,7 @@ def test_scan_warns_about_suspicious_files(tmp_path: Path, caplog: pytest.LogCap
     }
     for name, image in files.items():
         image.save(tmp_path / name)
-    with caplog.at_level(logging.WARNING, logger="anomalib_salad.image_io"):
+    with caplog.at_level(logging.WARNING, logger="anomalib_salad.data.file_check"):
         check_image_files([tmp_path / name for name in files], min_side=32)
     text = caplog.text
     assert "look nearly black: no pixel above 12 of 255" in text
@@ -361,7 +361,7 @@ def test_scan_names_very_large_files(
     large, bomb = tmp_path / "large.png", tmp_path / "bomb.png"
     Image.fromarray(GRAY).save(large)  # 1024 pixels: a warning
     Image.fromarray(np.tile(GRAY, (2, 2))).save(bomb)  # 4096 pixels: an error
-    with caplog.at_level(logging.WARNING, logger="anomalib_salad.image_io"):
+    with caplog.at_level(logging.WARNING, logger="anomalib_salad.data.file_check"):
         check_image_files([large])
     assert "are very large (1024 pixels, above Pillow's decompression-bomb warning limit of 1000)" in caplog.text
     with pytest.raises(ImageFileError, match=r"bomb\.png: cannot be decoded as an image \(DecompressionBombError"):
@@ -412,7 +412,7 @@ def test_engine_refuses_16bit_with_anomalibs_folder(num_workers: int, scans: Pat
     with pytest.raises(
         ImageFileError,
         match=r"ct\.png: I;16 image .* clips it at 255\. Read it with "
-        r"anomalib_salad\.image_io\.CheckedFolder",
+        r"anomalib_salad\.data\.CheckedFolder",
     ):
         _engine(scans).train(Salad(**TINY), datamodule=_datamodule(scans, Folder, num_workers))
 
@@ -471,7 +471,7 @@ def test_engine_handles_odd_but_valid_images(
     shutil.copy(huge_png, train / "huge_4000x3000.png")
     raw = RawBatches()
     model = Salad(**TINY)
-    with caplog.at_level(logging.WARNING, logger="anomalib_salad.image_io"):
+    with caplog.at_level(logging.WARNING, logger="anomalib_salad.data.file_check"):
         (results,) = _engine(scans, raw).train(
             model, datamodule=_datamodule(scans, CheckedFolder, num_workers, bit_depth=12)
         )
@@ -541,7 +541,7 @@ def test_cli_trains_on_12bit_scans_with_checked_folder(scans: Path) -> None:
         model += [f"--model.{key}", str(list(value)) if isinstance(value, tuple) else str(value)]
     data = [
         "--data",
-        "anomalib_salad.image_io.CheckedFolder",
+        "anomalib_salad.data.CheckedFolder",
         "--data.bit_depth",
         "12",
         "--data.name",

@@ -1,4 +1,4 @@
-"""Tests of anomalib_salad.benchmark: the smoke grid end to end on CPU, the shipped configs, and the parts."""
+"""Tests of anomalib_salad.evaluation.benchmark: the smoke grid end to end on CPU, the shipped configs, the parts."""
 
 import importlib.util
 import logging
@@ -22,14 +22,10 @@ from lightning.pytorch import LightningModule, Trainer
 from torchmetrics.functional.classification import binary_auroc
 
 from anomalib_salad import Salad
-from anomalib_salad.benchmark import (
-    SaladBenchmark,
-    build_datamodule,
-    build_model,
-    summarize,
-)
-from anomalib_salad.metrics import AUROC
-from anomalib_salad.post_processing import RankPreservingPostProcessor
+from anomalib_salad.evaluation.benchmark import SaladBenchmark
+from anomalib_salad.evaluation.benchmark_job import build_datamodule, build_model, summarize
+from anomalib_salad.evaluation.metrics import AUROC
+from anomalib_salad.model.post_processing import RankPreservingPostProcessor
 
 from .conftest import TINY
 
@@ -78,7 +74,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     command = [
         sys.executable,
         "-m",
-        "anomalib_salad.benchmark",
+        "anomalib_salad.evaluation.benchmark",
         "--config",
         str(CONFIGS / "smoke_synthetic.yaml"),
         "--output_dir",
@@ -159,7 +155,12 @@ def test_smoke_summary_and_checkpoint(smoke_run: tuple[subprocess.CompletedProce
 
 def test_models_and_data_build_from_any_class_path_without_touching_anomalibs_allow_list() -> None:
     before = set(ALLOWED_MODULES)
-    for class_path in ("anomalib_salad.Salad", "anomalib_salad.lightning_model.Salad"):
+    # The last is the module path of the earlier flat layout, which still names the class (MOVED_MODULES).
+    for class_path in (
+        "anomalib_salad.Salad",
+        "anomalib_salad.model.lightning_model.Salad",
+        "anomalib_salad.lightning_model.Salad",
+    ):
         assert isinstance(build_model({"class_path": class_path, "init_args": TINY_SALAD}), Salad)
     model = build_model(
         {
@@ -533,7 +534,7 @@ def test_paper_protocol_trains_ganomaly_from_the_image_cache(
     argv += ["--csv", str(tmp_path / "rows.csv"), "--curve-csv", str(tmp_path / "curves.csv")]
     argv += ["--scores-out", str(tmp_path / "scores"), "--every", "1"]  # validating writes the checkpoint
     monkeypatch.setattr(sys, "argv", [*argv, "--work-dir", str(tmp_path / "work")])
-    with caplog.at_level(logging.INFO, logger="anomalib_salad.cache"):
+    with caplog.at_level(logging.INFO, logger="anomalib_salad.data.cache"):
         _load_benchmark_script("paper_protocol").main()
     assert "Image cache: 40 train images" in caplog.text
     rows, curves = pd.read_csv(tmp_path / "rows.csv"), pd.read_csv(tmp_path / "curves.csv")

@@ -31,7 +31,7 @@ from pydicom.uid import (
 )
 from pydicom.uid import JPEGLossless as JPEGLosslessP14
 
-from anomalib_salad.reader import ImageReadError, list_items, read_image, read_images
+from anomalib_salad.data.reader import ImageReadError, list_items, read_image, read_images
 
 from .medical_files import encapsulated_copy, uncompressed_copy, wheel_file
 

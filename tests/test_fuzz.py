@@ -21,13 +21,13 @@ import pytest
 import torch
 from kornia.augmentation import IntensityAugmentationBase2D
 
-from anomalib_salad.proxy_tasks import (
+from anomalib_salad.model.proxy_tasks import (
     RandomBezierIntensity,
     RandomInPainting,
     RandomLocalPixelShuffle,
     RandomProxyTask,
 )
-from anomalib_salad.torch_model import SaladModel
+from anomalib_salad.model.torch_model import SaladModel
 
 from .conftest import TINY
 

@@ -15,8 +15,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anomalib_salad import Salad
-from anomalib_salad.export import load_salad_checkpoint
-from anomalib_salad.metrics import spearman
+from anomalib_salad.evaluation.metrics import spearman
+from anomalib_salad.model.export import load_salad_checkpoint
 
 from .conftest import TINY
 

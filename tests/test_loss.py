@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from anomalib_salad import Salad
-from anomalib_salad.lightning_model import LinearDecay
-from anomalib_salad.loss import (
+from anomalib_salad.model.lightning_model import LinearDecay
+from anomalib_salad.model.loss import (
     CenterLoss,
     GeneratorLoss,
     LatentKLLoss,

@@ -1,4 +1,4 @@
-"""Tests of anomalib_salad.metrics on small inputs whose expected values are worked out by hand below."""
+"""Tests of anomalib_salad.evaluation.metrics on small inputs whose expected values are worked out by hand below."""
 
 import warnings
 
@@ -8,7 +8,7 @@ from anomalib.data import ImageBatch
 from anomalib.metrics import Evaluator
 from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_salad.metrics import (
+from anomalib_salad.evaluation.metrics import (
     AUROC,
     Accuracy,
     BestF1Accuracy,

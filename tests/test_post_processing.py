@@ -6,7 +6,11 @@ from anomalib.data import InferenceBatch
 from anomalib.post_processing import PostProcessor
 
 from anomalib_salad import Salad
-from anomalib_salad.post_processing import FittedPostProcessor, RankPreservingPostProcessor, fitted_post_processing
+from anomalib_salad.model.post_processing import (
+    FittedPostProcessor,
+    RankPreservingPostProcessor,
+    fitted_post_processing,
+)
 
 from .conftest import TINY
 

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 from torchvision.transforms.v2.functional import resize
 
 from anomalib_salad import Salad, SaladPreProcessor
-from anomalib_salad.pre_processing import AntialiasedResize, antialiased_export, exportable_transform
+from anomalib_salad.model.pre_processing import AntialiasedResize, antialiased_export, exportable_transform
 
 SIZES = [(96, 80), (256, 256), (32, 32), (20, 50), (33, 17)]  # shrink, shrink 4x, unchanged, enlarge, mixed
 

@@ -4,7 +4,7 @@ import kornia.augmentation as K  # noqa: N812  (kornia's own convention)
 import pytest
 import torch
 
-from anomalib_salad.proxy_tasks import (
+from anomalib_salad.model.proxy_tasks import (
     RandomBezierIntensity,
     RandomInPainting,
     RandomLocalPixelShuffle,

@@ -1,4 +1,4 @@
-"""The one reader (anomalib_salad.reader) on real files: PNG/TIFF, DICOM and NIfTI, and the datasets built on it.
+"""The one reader (anomalib_salad.data.reader) on real files: PNG/TIFF, DICOM and NIfTI, and the datasets built on it.
 
 DICOM values are checked against pydicom's own decoding and LUT functions (and the LINEAR window formula of
 PS3.3 C.11.2.1.2.1 written out here), NIfTI values against nibabel's ``get_fdata``. Files come from the
@@ -27,14 +27,14 @@ from pydicom.pixels import apply_modality_lut, apply_voi, apply_voi_lut, apply_w
 from pydicom.uid import RLELossless
 
 from anomalib_salad import deploy
-from anomalib_salad.data import make_synthetic_scans
-from anomalib_salad.image_io import (
+from anomalib_salad.data import (
     CheckedPredictDataset,
     ImageFileError,
     MedicalFolder,
+    make_synthetic_scans,
     read_image_tensor,
 )
-from anomalib_salad.reader import (
+from anomalib_salad.data.reader import (
     WINDOW_PRESETS,
     ImageReadError,
     ImageRef,
@@ -539,7 +539,7 @@ def test_predict_dataset_reads_dicom_and_volumes(medical_root: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_trains_on_a_folder_of_dicom_and_nifti(medical_root: Path, tmp_path: Path) -> None:
-    model = ["--model", "anomalib_salad.Salad", "--model.visualizer", "anomalib_salad.image_io.ReaderVisualizer"]
+    model = ["--model", "anomalib_salad.Salad", "--model.visualizer", "anomalib_salad.data.ReaderVisualizer"]
     for key, value in TINY.items():
         model += [f"--model.{key}", str(list(value)) if isinstance(value, tuple) else str(value)]
     anomalib = Path(sys.executable).with_name("anomalib")

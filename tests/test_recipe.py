@@ -10,8 +10,8 @@ from anomalib.data import Folder, ImageBatch, InferenceBatch
 from anomalib.engine import Engine
 
 from anomalib_salad import Salad
-from anomalib_salad.loss import GeneratorLoss
-from anomalib_salad.post_processing import FittedPostProcessor, RankPreservingPostProcessor, normal_threshold
+from anomalib_salad.model.loss import GeneratorLoss
+from anomalib_salad.model.post_processing import FittedPostProcessor, RankPreservingPostProcessor, normal_threshold
 
 from .conftest import TINY
 

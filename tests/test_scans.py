@@ -15,12 +15,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from anomalib_salad.reader import ReaderConfig, read_image, read_images, slice_to_plane
-from anomalib_salad.score import (
+from anomalib_salad.data.reader import ReaderConfig, read_image, read_images, slice_to_plane
+from anomalib_salad.deploy.overlay import HeatVolume
+from anomalib_salad.deploy.score import (
     SCAN_COLUMNS,
     SCORE_COLUMNS,
     UsageError,
-    _HeatVolume,
     aggregate_scans,
     main,
     merge,
@@ -234,7 +234,7 @@ def test_heat_volume_puts_each_slice_back_where_the_reader_cut_it(axis: int, tmp
     source.header["descrip"] = b"Xqzvorth"
     nib.save(source, tmp_path / "vol.nii.gz")
     config = ReaderConfig(axis=axis)
-    heat = _HeatVolume(str(tmp_path / "vol.nii.gz"))
+    heat = HeatVolume(str(tmp_path / "vol.nii.gz"))
     kept = dict(read_images(tmp_path / "vol.nii.gz", config))
     for item, image in kept.items():
         heat.add(item, image[..., 0], image.shape[:2])  # the slice itself as its "map", at its own size
@@ -260,7 +260,7 @@ def test_heat_volume_puts_each_slice_back_where_the_reader_cut_it(axis: int, tmp
 def test_heat_volume_keeps_a_singleton_fourth_axis_or_a_single_slice(shape: tuple[int, ...], tmp_path: Path) -> None:
     volume = scan_volume(depth=6, empty=1).reshape(shape) if len(shape) == 4 else scan_volume(depth=1, empty=0)[..., 0]
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "vol.nii")
-    heat = _HeatVolume(str(tmp_path / "vol.nii"))
+    heat = HeatVolume(str(tmp_path / "vol.nii"))
     for item, image in read_images(tmp_path / "vol.nii"):
         heat.add(item, np.ones((8, 8), np.float32), image.shape[:2])  # a map at network size, resized to the slice
     heat.save(tmp_path / "vol.heatmap.nii.gz")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anomalib_salad.torch_model import (
+from anomalib_salad.model.torch_model import (
     Decoder,
     Encoder,
     PatchDiscriminator,

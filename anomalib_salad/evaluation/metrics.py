@@ -26,7 +26,7 @@ specificity the recall of normal images.
 
 Example:
     >>> from anomalib.metrics import Evaluator
-    >>> from anomalib_salad.metrics import paper_metrics
+    >>> from anomalib_salad.evaluation.metrics import paper_metrics
     >>> evaluator = Evaluator(test_metrics=paper_metrics(prefix="image_"))
     >>> [metric.name for metric in evaluator.test_metrics][:3]
     ['image_AUROC', 'image_BestF1Score', 'image_BestF1Accuracy']
@@ -65,7 +65,9 @@ __all__ = [
     "Sensitivity",
     "Specificity",
     "best_f1_statistics",
+    "image_statistics",
     "matched_auroc",
+    "mean_intensity",
     "paper_metrics",
     "spearman",
 ]
@@ -175,6 +177,31 @@ def best_f1_statistics(preds: Tensor, target: Tensor) -> dict[str, Tensor]:
         "tn": tn,
         "fn": fn,
     }
+
+
+def mean_intensity(images: Tensor) -> Tensor:
+    """Each image's mean intensity (``(N, C, H, W)`` in ``[0, 1]``) on the CPU: :func:`matched_auroc`'s covariate."""
+    return images.float().mean(dim=(1, 2, 3)).cpu()
+
+
+def image_statistics(preds: Tensor, target: Tensor, covariate: Tensor | None = None) -> dict[str, float]:
+    """The paper's image-level numbers of a set of scores, as plain floats.
+
+    Args:
+        preds: Raw anomaly scores, one per image.
+        target: Labels, 1 for anomalous.
+        covariate: A nuisance variable per image (e.g. :func:`mean_intensity`) for :func:`matched_auroc`.
+            Defaults to ``None`` (no matched AUROC).
+
+    Returns:
+        dict[str, float]: ``auroc``, ``matched_auroc`` (with a ``covariate``), and ``f1``, ``accuracy``,
+        ``sensitivity``, ``specificity`` and ``threshold`` at the best-F1 threshold (:func:`best_f1_statistics`).
+    """
+    result = {"auroc": float(binary_auroc(preds, target))}
+    if covariate is not None:
+        result["matched_auroc"] = matched_auroc(preds, target, covariate)
+    stats = best_f1_statistics(preds, target)
+    return result | {key: float(stats[key]) for key in ("f1", "accuracy", "sensitivity", "specificity", "threshold")}
 
 
 class _RawScoreAUROC(_AUROC):

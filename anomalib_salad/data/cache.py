@@ -2,7 +2,7 @@
 
 :class:`ImageCache` is a Lightning callback. After the datamodule is set up and before any loader is built, it
 reads every image of the train and validation datasets once with the dataset's own ``__getitem__`` (so
-anomalib's ``Folder``, :class:`~anomalib_salad.image_io.CheckedFolder` and their readers decide the pixels),
+anomalib's ``Folder``, :class:`~anomalib_salad.data.folder.CheckedFolder` and their readers decide the pixels),
 resizes it with the model pre-processor's own ``Resize`` (the transform that a checkpoint and an exported model
 carry), and keeps the result as one integer tensor on the training device. Batches are then one indexing
 operation instead of 64 file decodes, and the pre-processor still runs on every batch: its ``Resize`` finds the
@@ -15,7 +15,7 @@ and keeps one channel where the three are equal (grayscale scans saved as RGB): 
 than 8-bit RGB; 1,000 brain MRI slices at 64 px take 16 MiB.
 
 Example:
-    >>> from anomalib_salad.cache import ImageCache
+    >>> from anomalib_salad.data.cache import ImageCache
     >>> ImageCache().device is None
     True
 """
@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import CenterCrop, Compose, Grayscale, Normalize,
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CacheTooLargeError", "CachedImages", "ImageCache", "check_cached_resize"]
+__all__ = ["CacheTooLargeError", "CachedImages", "ImageCache", "check_cached_resize", "resize_of"]
 
 #: The cache may take at most this fraction of the memory that is free when it is filled.
 MEMORY_FRACTION = 0.5
@@ -61,7 +61,7 @@ def free_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def _resize_of(pl_module: LightningModule) -> Resize | None:
+def resize_of(pl_module: LightningModule) -> Resize | None:
     """The ``Resize`` of the model's pre-processor (the one an exported model applies), if it has one."""
     pre_processor = getattr(pl_module, "pre_processor", None)
     transform = getattr(pre_processor, "transform", None)
@@ -158,7 +158,7 @@ def check_cached_resize(pl_module: LightningModule) -> None:
     """
     trainer = getattr(pl_module, "_trainer", None)
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-    resize = _resize_of(pl_module)
+    resize = resize_of(pl_module)
     for split in SPLITS:
         data = getattr(datamodule, split, None)
         if not isinstance(data, CachedImages) or _resize_settings(data.resize) == _resize_settings(resize):
@@ -218,7 +218,7 @@ class ImageCache(Callback):
         if stage != "fit" or datamodule is None:
             return
         device = self.device or trainer.strategy.root_device
-        resize = _resize_of(pl_module)
+        resize = resize_of(pl_module)
         splits = [
             (split, dataset)
             for split in SPLITS

@@ -27,8 +27,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from .deploy import PrecisionHint, SaladInferencer
-from .metrics import paper_metrics
+from ..deploy import PrecisionHint, SaladInferencer
+from ..evaluation.metrics import paper_metrics
 
 __all__ = ["SaladOpenVINO"]
 

@@ -10,7 +10,7 @@ Like every kornia intensity augmentation, they expect images in ``[0, 1]``.
 
 Example:
     >>> import torch
-    >>> from anomalib_salad.proxy_tasks import RandomProxyTask
+    >>> from anomalib_salad.model.proxy_tasks import RandomProxyTask
     >>> images = torch.rand(8, 1, 64, 64)
     >>> perturbed = RandomProxyTask()(images)
     >>> perturbed.shape

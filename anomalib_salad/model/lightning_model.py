@@ -14,18 +14,14 @@ Example:
     >>> Engine(max_epochs=200).train(Salad(), datamodule=datamodule)  # doctest: +SKIP
 """
 
-import copy
-import inspect
 import logging
 from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F  # noqa: N812
 from anomalib import LearningType
-from anomalib.data import AnomalibDataModule, Batch
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -37,10 +33,12 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import Tensor, optim
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from .cache import ImageCache, check_cached_resize
-from .checkpoint import read_salad_checkpoint
-from .hardware import PrecisionTiming, faster_in_bf16, native_bf16
-from .image_io import ImageFileCheck, ReaderVisualizer
+from ..data.cache import ImageCache
+from ..data.file_check import ImageFileCheck
+from ..data.visualizer import ReaderVisualizer
+from ..evaluation.metrics import AUROC, NormalBrightnessCorrelation, NormalBrightnessShortcut, PixelAUROC, paper_metrics
+from .checkpoint import CheckpointHooks
+from .export_hooks import ExportHooks
 from .loss import (
     TERMS,
     CenterLoss,
@@ -50,24 +48,20 @@ from .loss import (
     discriminator_loss,
     generator_adversarial_loss,
 )
-from .metrics import AUROC, NormalBrightnessCorrelation, NormalBrightnessShortcut, PixelAUROC, paper_metrics
-from .post_processing import RankPreservingPostProcessor, fitted_post_processing
-from .pre_processing import SaladPreProcessor, antialiased_export
+from .nonfinite import NonFiniteLossGuard
+from .post_processing import RankPreservingPostProcessor
+from .pre_processing import SaladPreProcessor
+from .precision import TrainingSpeed
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
-from .torch_model import NonFiniteInputError, PatchDiscriminator, SaladModel, ScoreType, phase_decomposed
-
-if TYPE_CHECKING:
-    import openvino as ov
+from .torch_model import NonFiniteInputError, SaladModel, ScoreType
 
 logger = logging.getLogger(__name__)
-# What Salad._time_precisions measured, by device, batch and network shape: one decision per process.
-_PRECISION_TIMINGS: dict[tuple[str, int, int, int], PrecisionTiming] = {}
 
-__all__ = ["LinearDecay", "Salad"]
+__all__ = ["AUTOENCODER", "LinearDecay", "Salad"]
 
-RNG_KEY = "salad_rng_states"
-#: Steps between reads of the non-finite flags on an accelerator (each read waits for the device).
-DEFERRED_CHECK_STEPS = 50
+#: Salad arguments of the SSIM autoencoder of Table III: every loss weight but L_str's at zero (the networks that
+#: only those terms use are not built).
+AUTOENCODER = {"adv_weight": 0.0, "feature_weight": 0.0, "center_weight": 0.0, "restoration_weight": 0.0}
 
 
 class LinearDecay:
@@ -92,26 +86,19 @@ class LinearDecay:
         return max(0.0, 1.0 - max(0, epoch + 1 - self.constant_epochs) / decay_epochs)
 
 
-def _is_latent_end_convolution(op: "ov.Node") -> bool:
-    """Whether an OpenVINO op is a strided (encoder) convolution with a static output of at most 2x2 pixels."""
-    if op.get_type_name() != "Convolution":
-        return False
-    output_height, output_width = op.get_output_partial_shape(0)[2:]
-    input_height = op.input_value(0).get_partial_shape()[2]
-    if not all(size.is_static for size in (output_height, output_width, input_height)):
-        return False
-    # Decoder (phase) convolutions keep their input's size; the encoder's halve it.
-    halves = input_height.get_length() > output_height.get_length()
-    return halves and output_height.get_length() * output_width.get_length() <= 4
-
-
-class Salad(AnomalibModule):
+class Salad(CheckpointHooks, ExportHooks, TrainingSpeed, NonFiniteLossGuard, AnomalibModule):
     """SALAD: self-supervised, translation-consistent features for medical anomaly detection.
 
     The defaults are the paper's (Sec. IV-B): 256x256 grayscale input in [-1, 1], eight-layer encoder and
     decoders, loss weights alpha=1 and beta=gamma=delta=eta=10, Adam with lr 2e-4 and betas (0.5, 0.999),
     constant for the first half of ``max_epochs`` then linearly decayed to zero (the paper: 200 epochs,
     batch 64). Each ablation of Tables III-V is an argument; a zero loss weight skips that term's compute.
+
+    Four parts live in modules of their own: checkpoint loading and saving
+    (:class:`~anomalib_salad.model.checkpoint.CheckpointHooks`), export to ONNX / OpenVINO and INT8
+    (:class:`~anomalib_salad.model.export_hooks.ExportHooks`), the choice of training precision
+    (:class:`~anomalib_salad.model.precision.TrainingSpeed`) and what a NaN/Inf loss does
+    (:class:`~anomalib_salad.model.nonfinite.NonFiniteLossGuard`).
 
     Args:
         image_size: Side of the square network input; a power of two >= 32. Defaults to ``256``.
@@ -123,7 +110,7 @@ class Salad(AnomalibModule):
             Defaults to ``1.0``.
         structure_weight: beta, weight of the image reconstruction loss L_str, or ``"l1_matched"`` (not in the
             paper): beta follows the training batches so that the term is as large as an L1 image error at the
-            paper's weight of 10 would be (:class:`~anomalib_salad.loss.GeneratorLoss`; about 3.6 for SSIM on
+            paper's weight of 10 would be (:class:`~anomalib_salad.model.loss.GeneratorLoss`; about 3.6 for SSIM on
             fitted brain MRI slices). Defaults to ``10.0``.
         feature_weight: gamma, weight of the latent reconstruction loss L_fea = |E(D(z)) - z|.
             Defaults to ``10.0``.
@@ -156,7 +143,7 @@ class Salad(AnomalibModule):
             counts it in the logged ``nonfinite_steps``. Defaults to ``"raise"``.
         cache_images: Decode and resize the train and validation images once and keep them in memory (float32,
             bit-identical to the uncached path; grayscale as one channel) on the training device for the whole fit; see
-            :class:`~anomalib_salad.cache.ImageCache`. The pre-processor still runs on every batch, so export is
+            :class:`~anomalib_salad.data.cache.ImageCache`. The pre-processor still runs on every batch, so export is
             unchanged. Defaults to ``True``.
         train_precision: ``"auto"`` trains with bf16 autocast where the device computes bf16 natively (AMX or
             AVX512-BF16 CPUs, recent GPUs) and, on a CPU, a few timed forward and backward passes at setup show it
@@ -171,7 +158,7 @@ class Salad(AnomalibModule):
             larger than ``image_size`` (e.g. 256 px scans for a 64 px model) do not alias fine texture into noise;
             it raised brain MRI AUROC at 64 px (docs/results.md). With the image cache it runs once per image; the
             export computes the same resize in the graph
-            (:class:`~anomalib_salad.pre_processing.AntialiasedResize`), so every deployment sees the training
+            (:class:`~anomalib_salad.model.pre_processing.AntialiasedResize`), so every deployment sees the training
             pixels. ``False``: plain bicubic, the earlier default (checkpoints keep the resize they were trained
             with). Defaults to ``True``.
         mean_intensity: Brightness normalisation, not in the paper: scale each image so that its mean intensity
@@ -184,7 +171,7 @@ class Salad(AnomalibModule):
             false-positive rate (e.g. ``0.05``), instead of anomalib's best F1 on validation labels; for a
             validation split of normals held out from training (``val_split_mode: from_train``), which has no
             anomaly to fit an F1 on. ``anomalib predict``, the export and ``salad-score`` label by it
-            (:class:`~anomalib_salad.post_processing.RankPreservingPostProcessor`). Defaults to ``None``.
+            (:class:`~anomalib_salad.model.post_processing.RankPreservingPostProcessor`). Defaults to ``None``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -305,7 +292,7 @@ class Salad(AnomalibModule):
 
         Only ``Resize``, ``Normalize`` and ``Compose`` are used, so anomalib stores the transform in the
         checkpoint and an export from a reloaded checkpoint still resizes and scales. anomalib would export the
-        resize without antialiasing; :class:`~anomalib_salad.pre_processing.SaladPreProcessor` exports an
+        resize without antialiasing; :class:`~anomalib_salad.model.pre_processing.SaladPreProcessor` exports an
         antialiased one as the same matrix products in the graph.
 
         Args:
@@ -352,11 +339,12 @@ class Salad(AnomalibModule):
         """The paper's metrics on the test set (pixel AUROC too where masks exist), image AUROC on validation.
 
         Test: AUROC, and F1 / accuracy / sensitivity / specificity both at the best-F1 threshold (the paper's
-        protocol) and at anomalib's validation-fitted threshold; see :func:`anomalib_salad.metrics.paper_metrics`.
+        protocol) and at anomalib's validation-fitted threshold; see
+        :func:`anomalib_salad.evaluation.metrics.paper_metrics`.
         Validation AUROC is there so that early stopping on ``image_AUROC`` works. Validation also logs the
         label-free brightness-shortcut signal of the normal images, signed and as its size
         (``image_NormalBrightnessCorrelation``, ``image_NormalBrightnessShortcut``; see
-        :class:`~anomalib_salad.metrics.NormalBrightnessCorrelation`).
+        :class:`~anomalib_salad.evaluation.metrics.NormalBrightnessCorrelation`).
         """
         test_metrics = [*paper_metrics(), PixelAUROC()]
         val_metrics = [
@@ -367,7 +355,7 @@ class Salad(AnomalibModule):
         return Evaluator(val_metrics=val_metrics, test_metrics=test_metrics)
 
     def configure_callbacks(self) -> list[Callback]:
-        """The callbacks of anomalib's components plus :class:`~anomalib_salad.image_io.ImageFileCheck`.
+        """The callbacks of anomalib's components plus :class:`~anomalib_salad.data.file_check.ImageFileCheck`.
 
         The check decodes every image of the run's datasets once, before the first batch, and names each file that
         cannot be read or that anomalib's reader would clip (16-bit); anomalib alone fails only at the batch that
@@ -386,93 +374,6 @@ class Salad(AnomalibModule):
     def learning_type(self) -> LearningType:
         """SALAD learns from normal images only."""
         return LearningType.ONE_CLASS
-
-    @classmethod
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: str | Path | IO[bytes],
-        map_location: Any = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool = True,
-        **kwargs: Any,
-    ) -> "Salad":
-        """Load a checkpoint after checking that Salad wrote it (a clear error for any other file).
-
-        Args:
-            checkpoint_path: The ``.ckpt`` file (or an open binary file, loaded without the check).
-            map_location: Device mapping passed to ``torch.load``. Defaults to ``None``.
-            hparams_file: Optional YAML of hyper-parameters. Defaults to ``None``.
-            strict: Enforce matching state-dict keys. Defaults to ``None``.
-            weights_only: Restrict unpickling to tensors and allow-listed types. Defaults to ``True``.
-            **kwargs: Hyper-parameters that override the saved ones.
-
-        Returns:
-            Salad: The model.
-        """
-        if isinstance(checkpoint_path, str | Path):
-            read_salad_checkpoint(checkpoint_path, inspect.signature(cls.__init__).parameters)
-        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
-
-    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
-        """Export to ONNX as anomalib does (also the first step of ``to_openvino``), with an OpenVINO-friendly decoder.
-
-        The decoder's transposed convolutions are exported as
-        :class:`~anomalib_salad.torch_model.PhaseConvTranspose2d`: the same outputs (to ~1e-7), but ordinary
-        convolutions, which OpenVINO quantises and runs in int8 on every CPU. anomalib's post-processor is
-        exported as :class:`~anomalib_salad.post_processing.FittedPostProcessor`: the same outputs, without
-        the normalisation cases that its fitted statistics rule out. An antialiased resize stays antialiased
-        (:func:`~anomalib_salad.pre_processing.antialiased_export`; anomalib would drop it). The model is unchanged
-        afterwards.
-
-        Args:
-            *args: Passed to :meth:`anomalib.models.components.base.export_mixin.ExportMixin.to_onnx`.
-            **kwargs: Likewise.
-
-        Returns:
-            Path: The ONNX file.
-        """
-        with phase_decomposed(self.model.decoder), fitted_post_processing(self), antialiased_export(self.pre_processor):
-            return Path(super().to_onnx(*args, **kwargs))
-
-    @staticmethod
-    def _post_training_quantization_ov(model: "ov.Model", datamodule: AnomalibDataModule | None = None) -> "ov.Model":
-        """INT8_PTQ as anomalib runs it (NNCF, calibrated on the validation split), with SALAD's two settings.
-
-        The encoder's last two layers (outputs of 2x2 and 1x1, in both encoder passes) and the antialiased resize
-        stay in floating point, and activations are quantised asymmetrically (NNCF's ``MIXED`` preset). With
-        anomalib's defaults a brain MRI model lost 0.038 AUROC, with these 0.0001; six demo-model checkpoints lost
-        at most 0.006 (docs/results.md; measured before the resize was antialiased). The latent score is a
-        difference of two codes, so quantisation noise at the latent end lands in the score directly; those layers
-        hold many weights but few multiply-adds.
-
-        Args:
-            model: The FP32 OpenVINO model.
-            datamodule: Calibration data; its validation split is used, as anomalib does.
-
-        Returns:
-            ov.Model: The quantised model.
-
-        Raises:
-            ValueError: If ``datamodule`` is ``None``.
-        """
-        import nncf  # noqa: PLC0415  (an export-only dependency)
-
-        if datamodule is None:
-            msg = "INT8_PTQ needs calibration data: pass a datamodule (CLI: --data ...)"
-            raise ValueError(msg)
-        datamodule.setup("fit")
-        calibration = nncf.Dataset(datamodule.val_dataloader(), lambda batch: batch["image"])
-        latent_end = [op.get_friendly_name() for op in model.get_ordered_ops() if _is_latent_end_convolution(op)]
-        # The antialiased resize's matrix products (AntialiasedResize; the networks have none) stay in floating point
-        # too: int8 pixels would throw away what the resize keeps.
-        resize = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
-        return nncf.quantize(
-            model,
-            calibration,
-            preset=nncf.QuantizationPreset.MIXED,
-            ignored_scope=nncf.IgnoredScope(names=latent_end + resize),
-        )
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Refuse a replaced ``configure_optimizers`` (``--optimizer`` / ``--lr_scheduler`` on the CLI).
@@ -511,69 +412,6 @@ class Salad(AnomalibModule):
         if stage == "fit" and strategy is not None:
             self._configure_speed(strategy.root_device)
 
-    def _configure_speed(self, device: torch.device) -> None:
-        """bf16 autocast where the device has it natively and it pays, channels-last and compilation where asked."""
-        native, evidence = native_bf16(device)
-        trainer_bf16 = "bf16" in str(self.trainer.precision)
-        if (self.train_precision == "bf16" or trainer_bf16) and not native and device.type == "cpu":
-            asked = "--model.train_precision bf16" if self.train_precision == "bf16" else "--trainer.precision bf16"
-            msg = (
-                f"Salad: {asked} was asked for, but this CPU has no native bf16 ({evidence}); PyTorch would emulate "
-                "it, about 27x slower than fp32. Use --model.train_precision auto (fp32 here) and the trainer's "
-                "default precision."
-            )
-            raise ValueError(msg)
-        self.bf16 = self.train_precision == "bf16" or (self.train_precision == "auto" and native)
-        if self.train_precision == "auto" and native and device.type == "cpu" and not trainer_bf16:
-            # Every DDP rank trains in rank 0's precision: timings differ between processes.
-            timing = PrecisionTiming(*self.trainer.strategy.broadcast(tuple(self._time_precisions(device)), src=0))
-            self.bf16, evidence = timing.bf16_is_faster, f"{evidence}; {timing}"
-        self.precision_evidence = evidence
-        logger.info("Salad: training in %s (%s)", "bf16 autocast" if self.bf16 else "fp32", evidence)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        if self.compile_networks:
-            for network in self._networks():
-                network.compile()
-
-    def _time_precisions(self, device: torch.device) -> PrecisionTiming:
-        """Time E, D and the PatchGAN forward and backward in fp32 and in bf16 autocast on a training-sized batch.
-
-        Runs on copies of the networks and on noise from a private generator, so the model's weights, gradients
-        and the seeded random stream are untouched. Measured once per network shape, batch and device in a process,
-        so that repeated fits in one process (tests, benchmarks) agree.
-        """
-        datamodule = getattr(self._trainer, "datamodule", None)
-        batch = min(getattr(datamodule, "train_batch_size", None) or 32, 64)
-        model = self.model
-        key = (str(device), batch, model.image_size, sum(p.numel() for p in model.parameters()))
-        if key not in _PRECISION_TIMINGS:
-            encoder, decoder = copy.deepcopy(model.encoder).to(device), copy.deepcopy(model.decoder).to(device)
-            discriminator = copy.deepcopy(model.image_discriminator)
-            discriminator = discriminator.to(device) if discriminator is not None else None
-            generator = torch.Generator().manual_seed(0)
-            images = (torch.rand(batch, 1, model.image_size, model.image_size, generator=generator) * 2 - 1).to(device)
-
-            def forward() -> Tensor:
-                reconstructed = decoder(encoder(images))
-                loss = (reconstructed.float() - images).abs().mean() + encoder(reconstructed).float().abs().mean()
-                return loss + (discriminator(reconstructed).float().mean() if discriminator is not None else 0)
-
-            _PRECISION_TIMINGS[key] = faster_in_bf16(forward, device)
-        return _PRECISION_TIMINGS[key]
-
-    def _networks(self) -> list[torch.nn.Module]:
-        model = self.model
-        candidates = (model.encoder, model.decoder, model.restoration_decoder, *model.discriminator_modules())
-        return [network for network in candidates if network is not None]
-
-    def on_fit_end(self) -> None:
-        """Undo compilation and channels-last, so that export and later use see the plain networks."""
-        for network in self._networks():
-            network._compiled_call_impl = None  # what nn.Module.compile() set
-        if self.channels_last:
-            self.model.to(memory_format=torch.contiguous_format)
-
     def configure_optimizers(self) -> tuple[list[optim.Optimizer], list[optim.lr_scheduler.LRScheduler]]:
         """Adam for the generator side and, with adversarial training, Adam for the discriminators.
 
@@ -604,10 +442,6 @@ class Salad(AnomalibModule):
             paths = [batch.image_path[i] for i in bad] if batch.image_path is not None else bad
             msg = f"Salad {stage}: the batch holds NaN or Inf pixel values in image(s) {paths}"
             raise NonFiniteInputError(msg) from error
-
-    def _autocast(self) -> torch.autocast:
-        """bf16 autocast for the networks' forward passes when :meth:`setup` chose it, else a no-op."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _generator_terms(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Every active generator-side loss term, and the samples the discriminator step needs.
@@ -703,53 +537,6 @@ class Salad(AnomalibModule):
         self.log_dict(logs, on_step=True, on_epoch=True, batch_size=len(images))
         return {"loss": generator_loss.detach()}
 
-    def _finite(self, loss: Tensor, terms: dict[str, Tensor]) -> bool:
-        """Whether ``loss`` is finite on every process; otherwise raise, or warn and count, naming step and terms.
-
-        The decision is reduced over processes, so under DDP all ranks skip together and stay in step. On an
-        accelerator with ``nonfinite_loss="raise"`` reading the flag would wait for the device every step, so the
-        flags are kept and read together every :data:`DEFERRED_CHECK_STEPS` steps and at each epoch's last batch,
-        before validation and checkpointing (:meth:`on_train_batch_end`); the error still names the first bad step.
-        """
-        finite = torch.isfinite(loss.detach()).float()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if self.nonfinite_loss == "raise" and self._defer_checks():
-            flags = torch.stack([finite.bool(), *(torch.isfinite(value.detach()) for value in terms.values())])
-            self._pending_checks.append((self.global_step, flags, list(terms)))
-            return True
-        if finite:
-            return True
-        self._nonfinite(self.global_step, [name for name, value in terms.items() if not torch.isfinite(value)])
-        return False
-
-    def _defer_checks(self) -> bool:
-        """Whether reading a flag would wait for an asynchronous device (anything but the CPU)."""
-        return self.device.type != "cpu"
-
-    def on_train_batch_end(self, outputs: STEP_OUTPUT, batch: Batch, batch_idx: int) -> None:
-        """Read the deferred non-finite flags of an accelerator run (see :meth:`_finite`)."""
-        del outputs, batch
-        if self._pending_checks and (self.trainer.is_last_batch or (batch_idx + 1) % DEFERRED_CHECK_STEPS == 0):
-            pending, self._pending_checks = self._pending_checks, []
-            flags = torch.cat([flag for _, flag, _ in pending]).cpu()  # one host synchronisation
-            offset = 0
-            for step, _, names in pending:
-                row, offset = flags[offset : offset + len(names) + 1], offset + len(names) + 1
-                if not row[0]:
-                    self._nonfinite(step, [name for name, ok in zip(names, row[1:], strict=True) if not ok])
-
-    def _nonfinite(self, step: int, bad: list[str]) -> None:
-        """Raise, or warn and count, for a non-finite loss at ``step`` in the terms ``bad``."""
-        where = f"epoch {self.current_epoch}, global step {step}"
-        msg = f"Salad: non-finite loss at {where}; loss terms {bad or '(on another process)'} are NaN/Inf"
-        if self.nonfinite_loss == "raise":
-            msg += ". Lower --model.lr, check the data, or set --model.nonfinite_loss skip to drop such batches."
-            raise FloatingPointError(msg)
-        self.nonfinite_steps += 1
-        logger.warning("%s; batch skipped (%d so far)", msg, self.nonfinite_steps)
-        self.log("nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-
     def on_train_epoch_start(self) -> None:
         """Bring the per-epoch schedules to this epoch (manual optimisation does not step them).
 
@@ -760,50 +547,6 @@ class Salad(AnomalibModule):
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             while scheduler.last_epoch < self.current_epoch:
                 scheduler.step()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Also save torch's random state, so a resumed fit draws the same noise, proxy tasks and batch order."""
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[RNG_KEY] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint[RNG_KEY]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the random state when resuming a fit; plain loading leaves the caller's state alone.
-
-        A checkpoint trained with anomalib's own ``PostProcessor`` (Salad's default before it became
-        :class:`RankPreservingPostProcessor`) keeps its clamp, so that it scores as it did when it was written.
-        """
-        saved_with = set(checkpoint.get("callbacks", {}))  # Lightning keys callback states by class name
-        if isinstance(self.post_processor, RankPreservingPostProcessor):
-            self.post_processor.clamp = (
-                PostProcessor.__name__ in saved_with and type(self.post_processor).__name__ not in saved_with
-            )
-        super().on_load_checkpoint(checkpoint)  # a "clamp" saved with the post-processor's settings has the last word
-        check_cached_resize(self)  # the cache was filled before the checkpoint's pre-processor came back
-        self._match_discriminator_depth(checkpoint.get("state_dict", {}))
-        states = checkpoint.get(RNG_KEY)
-        if states is None or self._trainer is None or self.trainer.state.fn != "fit":
-            return
-        torch.set_rng_state(states["cpu"])
-        if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states["cuda"])
-
-    def _match_discriminator_depth(self, state_dict: dict[str, Tensor]) -> None:
-        """Rebuild D_I with the depth that ``state_dict`` holds, if it differs from this model's.
-
-        Checkpoints written before ``disc_layers`` existed hold the 70x70 PatchGAN at every image size, while the
-        default now scales the depth to the image; the discriminator plays no part in scoring or export.
-        """
-        prefix = "model.image_discriminator.layers."
-        indices = {int(key.removeprefix(prefix).split(".")[0]) for key in state_dict if key.startswith(prefix)}
-        discriminator = self.model.image_discriminator
-        if not indices or discriminator is None:
-            return
-        saved_layers = max(indices) - 1  # first block, the stride-2/1 blocks, then the output convolution
-        if saved_layers != len(discriminator.layers) - 2:
-            first = discriminator.layers[0][0]
-            self.model.image_discriminator = PatchDiscriminator(first.in_channels, first.out_channels, saved_layers)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Score the batch; the post-processor fits its threshold and normalisation on these outputs."""

@@ -1,7 +1,8 @@
-"""Checked loading and export of Salad checkpoints (the model layer: needs torch and anomalib).
+"""Checked loading and export of Salad checkpoint files (needs torch and anomalib).
 
 Wraps ``Salad.load_from_checkpoint`` and anomalib's exporters with checks that name what is wrong with a file
-(:mod:`anomalib_salad.checkpoint`) and that the pre-processing came back with the weights.
+(:mod:`anomalib_salad.model.checkpoint`) and that the pre-processing came back with the weights. What the graph
+holds is decided by :mod:`anomalib_salad.model.export_hooks`.
 """
 
 from pathlib import Path

@@ -20,11 +20,9 @@ import numpy as np
 from anomalib.data import Folder
 from PIL import Image
 
-from .image_io import CheckedFolder, MedicalFolder
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckedFolder", "MedicalFolder", "SyntheticScans", "make_synthetic_scans", "synthetic_scan"]
+__all__ = ["SyntheticScans", "make_synthetic_scans", "synthetic_scan"]
 
 GENERATOR_VERSION = 1
 

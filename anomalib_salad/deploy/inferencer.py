@@ -1,11 +1,8 @@
-"""Deploying SALAD: an OpenVINO-only inferencer for exported models (the deployment layer; no torch, no model).
+"""Running an exported SALAD model with OpenVINO, NumPy and Pillow only: no torch, no anomalib, no model code.
 
-:func:`read_image`, :func:`to_model_input`, :class:`SaladInferencer` and :func:`heatmap_overlay` need only
-NumPy, Pillow and OpenVINO (plus pydicom / nibabel for DICOM / NIfTI files), so an edge machine can score
-images with an exported IR and no torch; a test checks that this module imports with torch blocked. Checked
-export of checkpoints is :mod:`anomalib_salad.export` (it needs the training stack); the package ``__init__``
-loads its torch classes lazily. Files are read by :mod:`anomalib_salad.reader`, the
-  reader that training uses too; ``salad-score`` (:mod:`anomalib_salad.score`) scores whole archives.
+:func:`read_image`, :func:`prepare_input`, :func:`to_model_input` and :class:`SaladInferencer` need only NumPy,
+Pillow and OpenVINO (plus pydicom / nibabel for DICOM / NIfTI files), so an edge machine scores images with an
+exported IR and no torch. Files are read by :mod:`anomalib_salad.data.reader`, the reader that training uses too.
 
 The exported graph expects ``(N, 3, H, W)`` float32 RGB in ``[0, 1]`` of any size; it resizes (antialiased bicubic),
 scales to ``[-1, 1]``, converts to grayscale, scores, and min-max normalises with the threshold fitted on
@@ -32,16 +29,15 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from . import reader
-from .checkpoint import CheckpointError
-from .reader import ImageReadError, ImageRef, ReaderConfig
+from ..data import reader
+from ..data.reader import ImageReadError, ImageRef, ReaderConfig
 
 __all__ = [
     "CheckpointError",
     "InputImageError",
     "SaladInferencer",
     "SaladPrediction",
-    "heatmap_overlay",
+    "list_images",
     "precision_name",
     "prepare_input",
     "read_image",
@@ -62,19 +58,18 @@ DEPLOY_READER = ReaderConfig(require_bit_depth=True)
 _RESIZE_IN_FRONT_KEY = "salad_antialias_resize"
 
 
+class CheckpointError(ValueError):
+    """A file is not a usable Salad checkpoint or exported SALAD model (also raised by the model's checks)."""
+
+
 class InputImageError(ValueError):
     """An image cannot be turned into the exported model's ``(N, 3, H, W)`` input."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Inference with OpenVINO only (NumPy, Pillow, OpenVINO)
-# --------------------------------------------------------------------------------------------------------------
 
 
 def read_image(path: str | Path, config: ReaderConfig | None = None) -> np.ndarray:
     """Read an image as training does: RGB, float32 in ``[0, 1]``, shape ``(H, W, 3)``.
 
-    Uses :func:`anomalib_salad.reader.read_image`, the reader of the training datasets (``CheckedFolder``,
+    Uses :func:`anomalib_salad.data.reader.read_image`, the reader of the training datasets (``CheckedFolder``,
     ``MedicalFolder``): 8-bit files as anomalib reads them, 16-bit grayscale divided by ``2**bit_depth - 1``,
     DICOM through its modality LUT and VOI window, NIfTI slices (``path:axis:index``) normalised per volume.
     Grayscale becomes three equal channels; the exported graph turns them back into one with weights that sum
@@ -415,38 +410,6 @@ class SaladInferencer:
             anomaly_map=anomaly_map.reshape(anomaly_map.shape[0], *anomaly_map.shape[-2:]).astype(np.float32),
             pred_mask=None if pred_mask is None else pred_mask.reshape(pred_mask.shape[0], *pred_mask.shape[-2:]) != 0,
         )
-
-
-def _jet(values: np.ndarray) -> np.ndarray:
-    """Jet colour map of values in ``[0, 1]`` as float RGB in ``[0, 1]`` (no matplotlib/OpenCV needed)."""
-    values = np.clip(values, 0.0, 1.0)[..., None]
-    centers = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # red, green, blue
-    return np.clip(1.5 - np.abs(4.0 * (values - centers)), 0.0, 1.0)
-
-
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend a jet-coloured anomaly map, resized to the image, over the image.
-
-    Args:
-        image: ``(H, W, 3)`` or ``(H, W)`` uint8, or float in ``[0, 1]``.
-        anomaly_map: ``(h, w)`` map in ``[0, 1]`` (the normalised map; 0.5 is the pixel threshold).
-        alpha: Weight of the heat map. Defaults to ``0.4``.
-
-    Returns:
-        np.ndarray: ``(H, W, 3)`` uint8.
-    """
-    rgb = np.asarray(image, dtype=np.float32)
-    if np.asarray(image).dtype == np.uint8:
-        rgb = rgb / 255.0
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    height, width = rgb.shape[:2]
-    resized = Image.fromarray(np.asarray(anomaly_map, dtype=np.float32)).resize(
-        (width, height),
-        Image.Resampling.BILINEAR,
-    )
-    blended = (1.0 - alpha) * rgb + alpha * _jet(np.asarray(resized))
-    return (np.clip(blended, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def list_images(folder: str | Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
