@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 SCRIPT = REPO / "benchmarks" / "results_tables.py"
 MAX_LINES = 500
-#: What `grep -iE "session [0-9]|issue [0-9]"` looks for, as whole words ("tissue 0.01" is not an issue number).
+#: Words about how the project was developed, as `grep -iE "session [0-9]|issue [0-9]"` finds them, but whole words.
 DEVELOPMENT_WORDS = re.compile(rb"\b(session|issue) [0-9]", re.IGNORECASE)
 
 
