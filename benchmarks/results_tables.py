@@ -355,6 +355,7 @@ class Data:
     synthetic_seeds: list[dict[str, str]]
     short: list[dict[str, str]]
     brightness: list[dict[str, str]]
+    scoring: list[dict[str, str]]
 
     @classmethod
     def load(cls) -> Data:
@@ -373,6 +374,7 @@ class Data:
             synthetic_seeds=read("synthetic_seeds.csv"),
             short=read("short_runs.csv"),
             brightness=read("brightness_test.csv"),
+            scoring=read("scoring_speed.csv"),
         )
 
     def protocol(self, dataset: str) -> Protocol:
@@ -1002,6 +1004,33 @@ def deployment_section(data: Data) -> list[str]:
         *table(["inferencer", "max abs score diff", "max rel score diff", "max abs map diff", "labels"], parity),
         "",
         f"{data.parity[0]['notes']}. {sources(data.parity)}",
+        "",
+        "### T15a. Scoring an archive: `salad-score` by input format and DICOM transfer syntax",
+        "",
+        "`python benchmarks/scoring_speed.py`: the same synthetic 256 px scans written in each format, a one-step",
+        "64 px model exported to OpenVINO, f32, no overlays, 2 cores, alone on the machine. Reading = the reader",
+        "alone; salad-score = a fresh process per input (end to end, and steady state without start-up and",
+        "compilation);",
+        "x = against uncompressed DICOM in the same run.",
+        "",
+        *table(
+            ["input", "transfer syntax", "read: ms", "x", "salad-score img/s", "x", "steady img/s", "x"],
+            [
+                [
+                    r["input"],
+                    r["transfer_syntax"],
+                    r["read_ms"],
+                    r["read_x_uncompressed"],
+                    r["score_images_per_s"],
+                    r["score_x_uncompressed"],
+                    r["steady_images_per_s"],
+                    r["steady_x_uncompressed"],
+                ]
+                for r in data.scoring
+            ],
+        ),
+        "",
+        f"{sources(data.scoring)}",
     ]
 
 
