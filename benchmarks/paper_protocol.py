@@ -28,6 +28,7 @@ Usage:
 """
 
 import argparse
+import contextlib
 import csv
 import sys
 import time
@@ -127,6 +128,12 @@ class ScoreCurves(Callback):
         if self.test is None:
             self.test = CachedImages(self.datamodule.test_data, resize_of(pl_module), pl_module.device, "test")
         loader = torch.utils.data.DataLoader(self.test, batch_size=128, collate_fn=self.test.collate_fn)
+        averaging = getattr(pl_module, "weight_averaging", None)
+        with averaging.averaged(pl_module) if averaging is not None else contextlib.nullcontext():
+            self._score(pl_module, epoch, loader)
+
+    def _score(self, pl_module: LightningModule, epoch: int, loader: Any) -> None:
+        """One curve row of the model as it scores now (the averaged networks when the model averages)."""
         was_training = pl_module.training
         pl_module.eval()
         scores, target = raw_scores(pl_module, loader, scores_of(pl_module))

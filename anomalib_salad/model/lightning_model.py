@@ -54,6 +54,7 @@ from .pre_processing import SaladPreProcessor
 from .precision import TrainingSpeed
 from .proxy_tasks import RandomBezierIntensity, RandomInPainting, RandomLocalPixelShuffle, RandomProxyTask
 from .torch_model import NonFiniteInputError, SaladModel, ScoreType
+from .weight_averaging import NetworkAveraging
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,11 @@ class Salad(CheckpointHooks, ExportHooks, TrainingSpeed, NonFiniteLossGuard, Ano
             validation split of normals held out from training (``val_split_mode: from_train``), which has no
             anomaly to fit an F1 on. ``anomalib predict``, the export and ``salad-score`` label by it
             (:class:`~anomalib_salad.model.post_processing.RankPreservingPostProcessor`). Defaults to ``None``.
+        weight_averaging: Not in the paper: score with an exponential moving average of the networks' weights whose
+            time constant is this fraction of the run's steps (e.g. ``0.1``), and a center refitted to it on the
+            training images; training steps the live weights, validation, test, predict, checkpoints and export use
+            the average (:class:`~anomalib_salad.model.weight_averaging.NetworkAveraging`). ``None`` (the paper)
+            scores with the last weights. Defaults to ``None``.
         pre_processor: Pre-processor, or ``True`` for bicubic resize to ``image_size`` and [-1, 1] scaling.
             Defaults to ``True``.
         post_processor: Post-processor or flag. Defaults to ``True``.
@@ -219,6 +225,7 @@ class Salad(CheckpointHooks, ExportHooks, TrainingSpeed, NonFiniteLossGuard, Ano
         antialias: bool = True,
         mean_intensity: float | None = None,
         normal_fpr: float | None = None,
+        weight_averaging: float | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -273,6 +280,7 @@ class Salad(CheckpointHooks, ExportHooks, TrainingSpeed, NonFiniteLossGuard, Ano
         self.lr, self.betas, self.constant_lr_fraction = lr, (beta1, beta2), constant_lr_fraction
         self.nonfinite_loss = nonfinite_loss
         self.nonfinite_steps = 0
+        self.weight_averaging = NetworkAveraging(weight_averaging) if weight_averaging is not None else None
         train_precision = str(train_precision)  # YAML and ``--set train_precision=32`` give the number 32
         if train_precision not in {"auto", "32", "bf16"}:
             msg = f"train_precision must be 'auto', '32' or 'bf16', got {train_precision!r}"
@@ -359,11 +367,13 @@ class Salad(CheckpointHooks, ExportHooks, TrainingSpeed, NonFiniteLossGuard, Ano
 
         The check decodes every image of the run's datasets once, before the first batch, and names each file that
         cannot be read or that anomalib's reader would clip (16-bit); anomalib alone fails only at the batch that
-        holds a bad file, for truncated files without naming it, and clips 16-bit files silently.
+        holds a bad file, for truncated files without naming it, and clips 16-bit files silently. With
+        ``weight_averaging``, :class:`~anomalib_salad.model.weight_averaging.NetworkAveraging` keeps the average.
         """
         callbacks = super().configure_callbacks()
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
-        return [*callbacks, ImageFileCheck(), *([ImageCache()] if self.cache_images else [])]
+        averaging = [self.weight_averaging] if self.weight_averaging is not None else []
+        return [*callbacks, ImageFileCheck(), *([ImageCache()] if self.cache_images else []), *averaging]
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
