@@ -62,6 +62,7 @@ B_NOFEA = "salad antialias=false feature_weight=0"
 B_NOCENTER = "salad antialias=false center_weight=0"  # curve rows only (stopped at epoch 110)
 GAN = "ganomaly"
 ROBUST = "salad-robust"
+ROBUST_LAST = "salad-robust weight_averaging=null"
 # PneumoniaMNIST 32 px labels.
 P_DEF, P_AE, P_PLAIN = "salad", "autoencoder", "salad antialias=false"
 P_NOSSL, P_NOSSL32, P_BF16 = (
@@ -79,6 +80,7 @@ DESCRIPTIONS = {
         GAN: "GANomaly (anomalib's defaults)",
         ROBUST: "SALAD's label-free recipe (`configs/salad_robust_braintumor_64px.yaml`: A_C, threshold from held-out "
         "normal training images, the whole test folder scored)",
+        ROBUST_LAST: "the label-free recipe scored with the last weights (`weight_averaging=null`)",
         B_NOSSL: "SALAD without self-supervised restoration (no SSL)",
         B_KL: "L_str + L_KL instead of L_ct, no SSL, fp32",
         B_LSTR: "L_str only (L_fea, L_adv kept), no SSL, fp32",
@@ -106,6 +108,7 @@ DESCRIPTIONS = {
         GAN: "GANomaly (anomalib's defaults)",
         ROBUST: "SALAD's label-free recipe (`configs/salad_robust_pneumoniamnist_32px.yaml`: A_C, threshold from "
         "held-out normal training images, the whole test folder scored)",
+        ROBUST_LAST: "the label-free recipe scored with the last weights (`weight_averaging=null`)",
         P_NOSSL: "SALAD without self-supervised restoration (no SSL)",
         P_NOSSL32: "no SSL, fp32 pinned",
         P_BF16: "SALAD defaults with bf16 pinned",

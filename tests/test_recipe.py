@@ -16,7 +16,8 @@ from anomalib_salad.model.post_processing import FittedPostProcessor, RankPreser
 from .conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-ROBUST = {"structure_weight": "l1_matched", "score": "center", "normal_fpr": 0.2, "weight_averaging": 0.1}
+# The recipe's choices; on the tiny data set a 20 % threshold and an average over the whole run (a few steps).
+ROBUST = {"structure_weight": "l1_matched", "score": "center", "normal_fpr": 0.2, "weight_averaging": 1.0}
 
 
 def _batch(scores: list[float], labels: list[int]) -> ImageBatch:

@@ -9,6 +9,7 @@ from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from anomalib_salad import Salad
+from anomalib_salad.deploy import CheckpointError
 
 from .conftest import TINY
 
@@ -35,9 +36,11 @@ class StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
-def _fit(root: Path, out: Path, ckpt_path: Path | None = None, callbacks: list | None = None) -> Salad:
+def _fit(
+    root: Path, out: Path, ckpt_path: Path | None = None, callbacks: list | None = None, **model_args: float
+) -> Salad:
     seed_everything(0)
-    model = Salad(**TINY)
+    model = Salad(**TINY, **model_args)
     engine = Engine(
         max_epochs=3, default_root_dir=out, logger=False, enable_progress_bar=False, callbacks=callbacks or []
     )
@@ -45,15 +48,16 @@ def _fit(root: Path, out: Path, ckpt_path: Path | None = None, callbacks: list |
     return model
 
 
-def test_resume_continues_exactly(tiny_scans: Path, tmp_path: Path) -> None:
-    uninterrupted = _fit(tiny_scans, tmp_path / "a")
+@pytest.mark.parametrize("model_args", [{}, {"weight_averaging": 1.0}], ids=["last-weights", "averaged"])
+def test_resume_continues_exactly(tiny_scans: Path, tmp_path: Path, model_args: dict) -> None:
+    uninterrupted = _fit(tiny_scans, tmp_path / "a", **model_args)
 
-    _fit(tiny_scans, tmp_path / "b", callbacks=[StopAfterFirstEpoch()])
+    _fit(tiny_scans, tmp_path / "b", callbacks=[StopAfterFirstEpoch()], **model_args)
     (checkpoint,) = (tmp_path / "b").rglob("*.ckpt")
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["epoch"] == 0
     assert [s["last_epoch"] for s in saved["lr_schedulers"]] == [0, 0]
-    resumed = _fit(tiny_scans, tmp_path / "b", ckpt_path=checkpoint)
+    resumed = _fit(tiny_scans, tmp_path / "b", ckpt_path=checkpoint, **model_args)
 
     # The whole module: networks, center, and the post-processor's fitted threshold (NaN without masks).
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items(), strict=True):
@@ -64,6 +68,8 @@ def test_resume_continues_exactly(tiny_scans: Path, tmp_path: Path) -> None:
         for key in state_a:
             torch.testing.assert_close(state_a[key]["exp_avg"], state_b[key]["exp_avg"])
     assert resumed.model.center.abs().sum() > 0
+    # With averaging the module ends as the average: equal only if the resumed average went on from the saved one.
+    assert ("current_model_state" in saved) == bool(model_args)
 
 
 def test_same_seed_same_scores(tiny_scans: Path, tmp_path: Path) -> None:
@@ -136,6 +142,16 @@ def test_nan_loss_can_skip_batches(tiny_scans: Path, tmp_path: Path) -> None:
     assert model.nonfinite_steps == 1  # 40 images / 16 = 3 batches: the third one is skipped
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.isfinite(model.model.center).all()
+
+
+def test_a_checkpoint_into_a_model_of_other_sizes_is_refused_by_name(tiny_scans: Path, tmp_path: Path) -> None:
+    # What `anomalib predict --model anomalib_salad.Salad --ckpt_path ...` does for a model not trained at the defaults.
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(Salad(**TINY), datamodule=_folder(tiny_scans))
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    other = Salad(**(TINY | {"latent_dim": 8}))
+    with pytest.raises(CheckpointError, match=r"built with latent_dim=16, this Salad with latent_dim=8.*--config"):
+        engine.predict(other, datamodule=_folder(tiny_scans), ckpt_path=checkpoint)
 
 
 def test_resume_with_another_resize_than_the_checkpoint_is_refused(tiny_scans: Path, tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ from anomalib_salad.model.weight_averaging import NetworkAveraging
 from .conftest import TINY
 from .test_recipe import ROBUST, _heldout_folder
 
-HORIZON = 1.0  # the whole run: a few steps on the tiny data set, so that the average differs from the last weights
-
 
 class LiveWeights(Callback):
     """Copies of the encoder's first kernel after every training step (the weights training moves)."""
@@ -29,7 +27,7 @@ class LiveWeights(Callback):
 @pytest.fixture(scope="module")
 def averaged_fit(tiny_scans: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Salad, Engine, LiveWeights]:
     torch.manual_seed(0)
-    model = Salad(**TINY, **(ROBUST | {"weight_averaging": HORIZON}))
+    model = Salad(**TINY, **ROBUST)
     live = LiveWeights()
     engine = Engine(
         max_epochs=2,
@@ -46,7 +44,7 @@ def test_the_model_holds_the_moving_average_of_the_trained_weights(averaged_fit:
     model, engine, live = averaged_fit
     steps = len(live.steps)
     assert steps == engine.trainer.estimated_stepping_batches
-    assert model.weight_averaging.decay == pytest.approx(1 - 1 / (HORIZON * steps))
+    assert model.weight_averaging.decay == pytest.approx(1 - 1 / (ROBUST["weight_averaging"] * steps))
     expected = live.steps[0]
     for weight in live.steps[1:]:
         expected = model.weight_averaging.decay * expected + (1 - model.weight_averaging.decay) * weight

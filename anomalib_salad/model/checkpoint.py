@@ -31,6 +31,16 @@ RNG_KEY = "salad_rng_states"
 
 _SALAD_STATE_PREFIXES = ("model.encoder.", "model.decoder.")
 
+#: The arguments that shape the networks' weights: a checkpoint loads only into a Salad built with its values.
+ARCHITECTURE = (
+    "image_size",
+    "base_channels",
+    "max_channels",
+    "latent_dim",
+    "restoration_shared_layers",
+    "disc_channels",
+)
+
 
 def check_salad_checkpoint(
     checkpoint: object, source: str = "checkpoint", hyper_parameters: Iterable[str] | None = None
@@ -155,6 +165,7 @@ class CheckpointHooks:
         A checkpoint trained with anomalib's own ``PostProcessor`` (Salad's default before it became
         :class:`RankPreservingPostProcessor`) keeps its clamp, so that it scores as it did when it was written.
         """
+        self._check_architecture(checkpoint.get("hyper_parameters") or {})
         saved_with = set(checkpoint.get("callbacks", {}))  # Lightning keys callback states by class name
         if isinstance(self.post_processor, RankPreservingPostProcessor):
             self.post_processor.clamp = (
@@ -169,6 +180,23 @@ class CheckpointHooks:
         torch.set_rng_state(states["cpu"])
         if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+
+    def _check_architecture(self, saved: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint whose networks were built with other sizes than this model's, naming them.
+
+        ``anomalib predict --model anomalib_salad.Salad --ckpt_path ...`` builds a Salad from the defaults (256 px)
+        before loading; Lightning would then fail with a page of missing and mismatched state-dict keys.
+        """
+        differ = [name for name in ARCHITECTURE if name in saved and saved[name] != self.hparams.get(name, saved[name])]
+        if differ:
+            saved_text = ", ".join(f"{name}={saved[name]}" for name in differ)
+            built_text = ", ".join(f"{name}={self.hparams[name]}" for name in differ)
+            msg = (
+                f"the checkpoint's networks were built with {saved_text}, this Salad with {built_text}. Build the "
+                "model as it was trained: pass the training config (anomalib predict --config <training config> "
+                "--ckpt_path ...) or the same --model.* values, or load it with Salad.load_from_checkpoint"
+            )
+            raise CheckpointError(msg)
 
     def _match_discriminator_depth(self, state_dict: dict[str, Tensor]) -> None:
         """Rebuild D_I with the depth that ``state_dict`` holds, if it differs from this model's.
